@@ -1,0 +1,137 @@
+"""Public API: :func:`compile_quantized` and the :class:`QuantizedModel` it returns."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import torch
+from torch import fx, nn
+
+from .calibration import prepare_calibration
+from .capture import Inputs, capture
+from .config import QuantConfig
+from .errors import user_error
+from .plan import Plan
+from .qlinear import QuantLinear, quant_linears
+from .recipes import RECIPES
+
+
+class QuantizedModel(nn.Module):
+    """A compiled, quantized copy of the user's model.
+
+    Call it like the original (same positional/keyword inputs, same shapes as captured);
+    it returns the output tensor. ``plan`` holds the per-layer decisions.
+    """
+
+    def __init__(self, gm: fx.GraphModule, plan: Plan, config: QuantConfig, info: dict[str, Any]) -> None:
+        super().__init__()
+        self.gm = gm
+        self.plan = plan
+        self.config = config
+        self.info = info
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        # exported GraphModules refuse train()/eval(); the graph is captured in eval
+        # semantics, so only the flag that our quantizers read is switched.
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        kwargs.pop("return_dict", None)
+        return self.gm(*args, **kwargs)
+
+    def quant_linears(self) -> dict[str, QuantLinear]:
+        return quant_linears(self.gm)
+
+    def quant_state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors of every QuantLinear (trained weights, low-rank, scales), keyed ``path/name``."""
+        out = {}
+        for path, m in self.quant_linears().items():
+            for k, v in m.state_dict().items():
+                if v is not None:
+                    out[f"{path}/{k}"] = v.detach()
+        return out
+
+    def report(self) -> list[dict[str, Any]]:
+        """One row per linear: path, format, and how it runs (simulated fake-quant here;
+        lowering backends replace this with real kernels)."""
+        rows = []
+        for path, m in self.quant_linears().items():
+            s = m.spec
+            rows.append({"layer": path, "format": s.fmt, "act": s.act_quantizer if s.act_bits else "-",
+                         "rank": s.rank, "rotate": s.rotate, "kernel": "fp32" if not s.quantized else "simulated"})
+        return rows
+
+
+def compile_quantized(
+    model: nn.Module,
+    example_inputs: Inputs,
+    config: QuantConfig | None = None,
+    calib_data: Iterable[Any] | None = None,
+    plan: Plan | None = None,
+    quant_state: dict[str, torch.Tensor] | None = None,
+    progress: bool = True,
+) -> QuantizedModel:
+    """Capture ``model`` at ``example_inputs``, run the recipe's passes, return a quantized copy.
+
+    Args:
+        model: an ``nn.Module`` (e.g. a diffusers transformer). Never modified.
+        example_inputs: tuple (positional), dict (keyword) or tensor; fixes the shapes.
+        config: what to do; default ``QuantConfig()`` (minmax W8A8).
+        calib_data: iterable of input batches shaped like ``example_inputs``. If omitted,
+            the example inputs are used and a warning says calibration is weak.
+        plan: a saved :class:`Plan` to re-apply (skips sensitivity and bit allocation).
+        quant_state: tensors from ``qm.quant_state_dict()`` to restore trained parameters.
+        progress: show progress bars.
+
+    Example:
+        >>> qm = compile_quantized(model, inputs, QuantConfig(recipe="minmax", weight_bits=8, act_bits=8))
+        >>> out = qm(**inputs)
+    """
+    from lsgq_compiler.passes.infra import PassContext, run_passes, specs
+
+    if config is None:
+        config = QuantConfig()
+    if not isinstance(config, QuantConfig):
+        raise user_error(f"config must be a QuantConfig, got {type(config).__name__}",
+                         "e.g. config=QuantConfig(recipe='minmax', weight_bits=8, act_bits=8)", TypeError)
+    if plan is not None and not isinstance(plan, Plan):
+        raise user_error(f"plan must be a Plan, got {type(plan).__name__}", "load one with Plan.load(path)", TypeError)
+    t0 = time.perf_counter()
+    captured = capture(model, example_inputs, copy_model=True)
+    calib = prepare_calibration(calib_data, captured)
+    ctx = PassContext(config=config, captured=captured, calib=calib, plan=plan, progress=progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        gm = run_passes(captured.gm, RECIPES[config.recipe].build(ctx))
+    if quant_state is not None:
+        _load_quant_state(gm, quant_state)
+    layers = specs(gm)
+    result_plan = Plan(layers=layers, model_class=captured.model_class, config=config.to_dict())
+    info = {"compile_s": time.perf_counter() - t0, "timings": dict(ctx.timings),
+            "input_shapes": captured.input_shapes, "notes": ctx.notes}
+    qm = QuantizedModel(gm, result_plan, config, info)
+    qm.eval()
+    return qm
+
+
+def _load_quant_state(gm: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    mods = quant_linears(gm)
+    for key, t in state.items():
+        path, _, name = key.rpartition("/")
+        if path not in mods:
+            raise user_error(f"quant_state has tensors for {path}, which this model does not have",
+                             "restore state only into a compile of the same model and plan")
+        m = mods[path]
+        cur = dict(m.named_parameters()) | dict(m.named_buffers())
+        if name in cur and cur[name] is not None:
+            if cur[name].shape != t.shape:
+                raise user_error(f"quant_state {key} has shape {tuple(t.shape)}, expected {tuple(cur[name].shape)}",
+                                 "the state belongs to a different plan or model")
+            with torch.no_grad():
+                cur[name].copy_(t)
+        else:
+            raise user_error(f"quant_state {key} does not match a tensor of {path}",
+                             "restore state only into a compile with the same plan")
+        m._wcache = None

@@ -1,0 +1,103 @@
+"""`QuantConfig`: the validated, JSON-round-trippable description of a quantization job."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import user_error
+
+#: Module-path fragments kept in full precision by default: patch embedding, time/text
+#: embeddings and the final projection (the names diffusers uses across Wan, CogVideoX,
+#: LTX, Hunyuan, Flux, SD3, PixArt and DiT).
+DEFAULT_KEEP_FP: tuple[str, ...] = (
+    "patch_embed", "pos_embed", "x_embedder", "img_in",
+    "condition_embedder", "time_embed", "time_proj", "timestep_embedder", "time_text_embed",
+    "text_embed", "caption_projection", "context_embedder", "txt_in", "adaln_single",
+    "proj_out", "norm_out", "final_layer",
+)
+
+SUPPORTED_BITS = range(2, 9)
+
+
+@dataclass
+class QuantConfig:
+    """What to quantize and how.
+
+    Args:
+        recipe: a registered recipe name (``lsgq recipes`` lists them), e.g. ``"minmax"``.
+        weight_bits: default weight bit-width, 2..8.
+        act_bits: default activation bit-width, 2..8.
+        keep_fp: module-path fragments (substring match) whose linears stay in full precision.
+        seed: seeds every random choice (Hadamard signs, training order, sampling).
+        allowed_bits: bit-widths a mixed-precision allocator may pick from.
+        time_budget_s: soft wall-time limit for training stages (None: no limit).
+        options: recipe-specific options (e.g. ``{"rank_share": 0.02}``), JSON-able.
+
+    Example:
+        >>> QuantConfig(recipe="minmax", weight_bits=8, act_bits=8)
+    """
+
+    recipe: str = "minmax"
+    weight_bits: int = 8
+    act_bits: int = 8
+    keep_fp: tuple[str, ...] = DEFAULT_KEEP_FP
+    seed: int = 0
+    allowed_bits: tuple[int, ...] = (4, 6, 8)
+    time_budget_s: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .recipes import RECIPES  # late: recipes import passes which import config
+
+        if self.recipe not in RECIPES:
+            raise user_error(f"unknown recipe {self.recipe!r}",
+                             f"use one of: {', '.join(sorted(RECIPES))} (`lsgq recipes` lists them)")
+        for name in ("weight_bits", "act_bits"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise user_error(f"{name} must be an int, got {type(v).__name__}",
+                                 "pass an integer between 2 and 8", TypeError)
+            if v not in SUPPORTED_BITS:
+                raise user_error(f"{name}={v} is outside the supported range 2..8",
+                                 "choose a bit-width between 2 and 8 (e.g. 4, 6 or 8)")
+        if isinstance(self.keep_fp, str):
+            raise user_error("keep_fp must be a sequence of module-path fragments, got a str",
+                             "wrap it in a tuple, e.g. keep_fp=('proj_out',)", TypeError)
+        self.keep_fp = tuple(self.keep_fp)
+        self.allowed_bits = tuple(sorted(set(self.allowed_bits)))
+        bad = [b for b in self.allowed_bits if b not in SUPPORTED_BITS]
+        if bad or not self.allowed_bits:
+            raise user_error(f"allowed_bits {self.allowed_bits} must be non-empty and within 2..8",
+                             "e.g. allowed_bits=(4, 6, 8)")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise user_error(f"time_budget_s={self.time_budget_s} must be positive", "or None for no limit")
+        try:
+            json.dumps(self.options)
+        except TypeError as e:
+            raise user_error(f"options must be JSON-serialisable ({e})", "use numbers, strings, lists and dicts",
+                             TypeError) from None
+
+    @property
+    def tag(self) -> str:
+        """Short name such as ``minmax-w4a4``."""
+        return f"{self.recipe}-w{self.weight_bits}a{self.act_bits}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["keep_fp"] = list(self.keep_fp)
+        d["allowed_bits"] = list(self.allowed_bits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise user_error(f"unknown QuantConfig fields {sorted(unknown)}", f"known fields: {sorted(known)}")
+        d = dict(d)
+        for k in ("keep_fp", "allowed_bits"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)

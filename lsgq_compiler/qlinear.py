@@ -1,0 +1,177 @@
+"""`QuantLinear`: the one quantized-linear form every recipe configures.
+
+Shape notation: ``X: (..., K)`` input, ``W: (N, K)`` weight, ``r`` low-rank rank.
+
+    X_s = X / s                              # per-channel smoothing (SmoothQuant, LET), optional
+    Y   = (X_s L_down^T) L_up^T               # full-precision low-rank branch, optional
+        + Qa(X_s R) . Qw(W_R)^T + b          # quantized path: rotation R, residual weight W_R
+
+``weight`` holds ``W_R`` already smoothed, low-rank-subtracted and rotated, so in full
+precision ``Y == X W^T + b`` exactly (see :meth:`effective_weight`). This is LSGQuant's
+``DRAQ(X H) Q(H^T W_R) + X L1 L2 + b`` with ``Qa`` = DRAQ, and SVDQuant/QuantVSR/QuaRot/
+SmoothQuant/MinMax with the pieces turned on or off.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hadamard import rotate, unrotate
+from .plan import LayerSpec
+from .quantizers import ActQuant, WeightQuant
+
+
+class InputStats:
+    """Per-channel statistics of a layer's input, gathered in one calibration pass.
+
+    ``absmax: (K,)`` running max |x|; ``call_means: list of (K,)`` per-call channel means
+    (variance across calls drives LSGQuant's sensitivity); ``sum``/``sumsq`` per channel.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.absmax = torch.zeros(k, dtype=torch.float64)
+        self.lo = torch.full((), float("inf"), dtype=torch.float64)
+        self.hi = torch.full((), float("-inf"), dtype=torch.float64)
+        self.sum = torch.zeros(k, dtype=torch.float64)
+        self.sumsq = torch.zeros(k, dtype=torch.float64)
+        self.count = 0
+        self.call_means: list[torch.Tensor] = []
+        self.call_absmax: list[torch.Tensor] = []
+
+    def update(self, x: torch.Tensor) -> None:
+        """x: ``(..., K)``."""
+        x = x.detach().reshape(-1, self.k).double()
+        self.absmax = torch.maximum(self.absmax, x.abs().amax(0))
+        self.lo = torch.minimum(self.lo, x.amin())
+        self.hi = torch.maximum(self.hi, x.amax())
+        self.sum += x.sum(0)
+        self.sumsq += (x * x).sum(0)
+        self.count += x.shape[0]
+        self.call_means.append(x.mean(0))
+        self.call_absmax.append(x.abs().amax(0))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return (self.sumsq / max(self.count, 1) - self.mean**2).clamp_min(0)
+
+
+class QuantLinear(nn.Module):
+    """A linear layer in the project's general quantized form (see module docstring)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.spec = spec
+        self.register_buffer("smooth", None)
+        self.register_buffer("rot_signs", None)
+        self.rot_block = 0
+        self.lr_down: nn.Parameter | None = None
+        self.lr_up: nn.Parameter | None = None
+        self.wq: WeightQuant | None = None
+        self.aq: ActQuant | None = None
+        self.stats: InputStats | None = None  # live observer during calibration
+        self.calib_stats: InputStats | None = None  # what calibration recorded
+        self._wcache: tuple[int, torch.Tensor] | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, spec: LayerSpec) -> "QuantLinear":
+        return cls(linear.weight, getattr(linear, "bias", None), spec)
+
+    # -- transforms (each applied by its own pass; all exact in full precision) --
+    def apply_smoothing(self, s: torch.Tensor) -> None:
+        """Move a per-input-channel scale ``s: (K,)`` from X to W. Must precede low-rank and rotation."""
+        if self.lr_down is not None or self.rot_block:
+            raise RuntimeError("smoothing must be applied before the low-rank split and rotation")
+        s = s.to(self.weight.dtype)
+        with torch.no_grad():
+            self.weight.mul_(s)
+        self.smooth = s if self.smooth is None else self.smooth * s
+        self._wcache = None
+
+    def apply_lowrank(self, rank: int) -> None:
+        """Split ``W_s = L_up L_down + W_R`` by truncated SVD (rank ``r``); must precede rotation.
+
+        ``L_down: (r, K)``, ``L_up: (N, r)``, both full precision and trainable.
+        """
+        if self.rot_block:
+            raise RuntimeError("the low-rank split must be applied before rotation")
+        if rank <= 0:
+            return
+        w = self.weight.detach().double()
+        u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+        r = min(rank, sv.numel())
+        root = sv[:r].sqrt()
+        up, down = u[:, :r] * root, root[:, None] * vh[:r]
+        dt = self.weight.dtype
+        self.lr_up, self.lr_down = nn.Parameter(up.to(dt)), nn.Parameter(down.to(dt))
+        with torch.no_grad():
+            self.weight.copy_((w - up @ down).to(dt))
+        self._wcache = None
+
+    def apply_rotation(self, signs: torch.Tensor, block: int) -> None:
+        """Rotate the quantized path by ``R = diag(signs) blockdiag(H_block)``: ``W_R <- W_R R``."""
+        with torch.no_grad():
+            self.weight.copy_(rotate(self.weight.detach(), signs, block))
+        self.rot_signs, self.rot_block = signs.to(self.weight.dtype), block
+        self._wcache = None
+
+    def effective_weight(self) -> torch.Tensor:
+        """The full-precision ``W: (N, K)`` this layer computes (quantizers off)."""
+        w = self.weight.detach()
+        if self.rot_block:
+            w = unrotate(w, self.rot_signs, self.rot_block)
+        if self.lr_down is not None:
+            w = w + self.lr_up.detach() @ self.lr_down.detach()
+        if self.smooth is not None:
+            w = w / self.smooth
+        return w
+
+    # -- runtime --
+    def quantized_weight(self) -> torch.Tensor:
+        """``Qw(W_R)``, cached while weights do not change and no gradient is needed."""
+        if self.wq is None:
+            return self.weight
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            self._wcache = None
+            return self.wq(self.weight)
+        key = self.weight._version
+        if self._wcache is None or self._wcache[0] != key or self._wcache[1].dtype != self.weight.dtype:
+            self._wcache = (key, self.wq(self.weight.detach()))
+        return self._wcache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(..., K)`` -> ``(..., N)``."""
+        if self.stats is not None:
+            self.stats.update(x)
+        if self.smooth is not None:
+            x = x / self.smooth
+        y_lr = F.linear(F.linear(x, self.lr_down), self.lr_up) if self.lr_down is not None else None
+        if self.rot_block:
+            x = rotate(x, self.rot_signs, self.rot_block)
+        if self.aq is not None:
+            x = self.aq(x)
+        y = F.linear(x, self.quantized_weight(), self.bias)
+        return y if y_lr is None else y + y_lr
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.spec.module_path}", f"in={self.in_features}, out={self.out_features}", self.spec.fmt]
+        if self.smooth is not None:
+            parts.append("smooth")
+        if self.lr_down is not None:
+            parts.append(f"rank={self.lr_down.shape[0]}")
+        if self.rot_block:
+            parts.append(f"hadamard={self.rot_block}")
+        return ", ".join(parts)
+
+
+def quant_linears(gm: nn.Module) -> dict[str, QuantLinear]:
+    """All QuantLinear submodules keyed by their spec's module path (the user's FQN)."""
+    return {m.spec.module_path: m for m in gm.modules() if isinstance(m, QuantLinear)}

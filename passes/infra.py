@@ -1,0 +1,90 @@
+"""Pass infrastructure: torch.fx's ``PassBase``/``PassResult`` plus the shared context.
+
+A pass is one file holding one ``PassBase`` subclass: ``__call__(gm) -> PassResult``.
+What a pass needs beyond the graph (config, calibration batches, the reference outputs)
+comes from a :class:`PassContext` given at construction. :func:`run_passes` runs a list,
+lints and recompiles after each, and names the pass that failed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from lsgq_compiler.capture import PATH_KEY, Captured
+from lsgq_compiler.config import QuantConfig
+from lsgq_compiler.plan import META_KEY, LayerSpec, Plan
+from lsgq_compiler.qlinear import QuantLinear
+
+__all__ = ["PassBase", "PassResult", "PassContext", "run_passes", "specs", "quant_nodes"]
+
+
+@dataclass
+class PassContext:
+    """State shared by the passes of one compilation."""
+
+    config: QuantConfig
+    captured: Captured
+    calib: list[tuple[tuple, dict]] = field(default_factory=list)
+    plan: Plan | None = None  # a given plan overrides annotation/sensitivity/bits
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    fp_outputs: list[torch.Tensor] | None = None  # full-precision outputs on the calibration set
+
+    def option(self, name: str, default: Any) -> Any:
+        return self.config.options.get(name, default)
+
+
+def specs(gm: fx.GraphModule) -> dict[str, LayerSpec]:
+    """LayerSpecs of all annotated nodes, keyed by module path (graph order)."""
+    out: dict[str, LayerSpec] = {}
+    for n in gm.graph.nodes:
+        s = n.meta.get(META_KEY)
+        if isinstance(s, LayerSpec):
+            out.setdefault(s.module_path, s)
+    return out
+
+
+def quant_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, QuantLinear]]:
+    """``(node, module)`` for every call to a QuantLinear, in graph order."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            if isinstance(m, QuantLinear):
+                out.append((n, m))
+    return out
+
+
+def run_passes(gm: fx.GraphModule, passes: Iterable[PassBase]) -> fx.GraphModule:
+    """Run ``passes`` in order; after each: lint + recompile. Records wall time per pass in
+    ``ctx.timings`` when the pass has a ``ctx``."""
+    done: list[str] = []
+    for p in passes:
+        name = type(p).__name__
+        t0 = time.perf_counter()
+        try:
+            res = p(gm)
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:
+            raise RuntimeError(f"pass {name} failed after {done or 'no passes'}: {type(e).__name__}: {e}") from e
+        if res is not None:
+            gm = res.graph_module
+            if res.modified:
+                gm.graph.lint()
+                gm.recompile()
+        ctx = getattr(p, "ctx", None)
+        if ctx is not None:
+            ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - t0
+        done.append(name)
+    return gm
+
+
+def path_of(node: fx.Node) -> str | None:
+    return node.meta.get(PATH_KEY)
