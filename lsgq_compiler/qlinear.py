@@ -26,11 +26,14 @@ class InputStats:
     """Per-channel statistics of a layer's input, gathered in one calibration pass.
 
     ``absmax: (K,)`` running max |x|; ``call_means: list of (K,)`` per-call channel means
-    (variance across calls drives LSGQuant's sensitivity); ``sum``/``sumsq`` per channel.
+    (variance across calls drives LSGQuant's sensitivity); ``sum``/``sumsq`` per channel;
+    ``samples: list of (<= max_tokens, K)`` a seeded random subset of each call's tokens
+    (float32), for error-based sensitivity and layer-wise training.
     """
 
-    def __init__(self, k: int) -> None:
-        self.k = k
+    def __init__(self, k: int, max_tokens: int = 512) -> None:
+        self.k, self.max_tokens = k, max_tokens
+        self.samples: list[torch.Tensor] = []
         self.absmax = torch.zeros(k, dtype=torch.float64)
         self.lo = torch.full((), float("inf"), dtype=torch.float64)
         self.hi = torch.full((), float("-inf"), dtype=torch.float64)
@@ -51,6 +54,10 @@ class InputStats:
         self.count += x.shape[0]
         self.call_means.append(x.mean(0))
         self.call_absmax.append(x.abs().amax(0))
+        if self.max_tokens:
+            g = torch.Generator().manual_seed(len(self.samples))
+            idx = torch.randperm(x.shape[0], generator=g)[: self.max_tokens].sort().values
+            self.samples.append(x[idx].float())
 
     @property
     def mean(self) -> torch.Tensor:

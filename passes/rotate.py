@@ -1,0 +1,42 @@
+"""Hadamard rotation of each marked layer's quantized path (QuaRot, QuantVSR, LSGQuant).
+
+``W_R <- W_R R`` and at run time ``X -> X R`` with ``R = diag(signs) blockdiag(H_b)``,
+``b`` the largest power of two dividing ``in_features`` (block-diagonal construction for
+widths that are not powers of two). A width with no usable power-of-two factor is an
+error, never a silent skip.
+"""
+from __future__ import annotations
+
+import zlib
+
+from torch import fx
+
+from lsgq_compiler.errors import user_error
+from lsgq_compiler.hadamard import hadamard_block_size, random_signs
+
+from .infra import PassBase, PassContext, PassResult, quant_nodes
+
+MIN_BLOCK = 8
+
+
+class Rotate(PassBase):
+    """Rotate layers whose spec has ``rotate=True``; must run after smoothing and low-rank."""
+
+    def __init__(self, ctx: PassContext, max_block: int | None = None) -> None:
+        super().__init__()
+        self.ctx, self.max_block = ctx, max_block
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        for _, m in quant_nodes(gm):
+            s = m.spec
+            if not s.rotate or not s.quantized or m.rot_block:
+                continue
+            block = hadamard_block_size(s.in_features, self.max_block)
+            if block < MIN_BLOCK:
+                raise user_error(f"{s.module_path}: in_features={s.in_features} has no power-of-two factor >= "
+                                 f"{MIN_BLOCK}, so no block Hadamard rotation can be built",
+                                 f"set rotate=false for this layer in the plan (or keep it in full precision)")
+            seed = self.ctx.config.seed * 1_000_003 + zlib.crc32(s.module_path.encode())
+            m.apply_rotation(random_signs(s.in_features, seed), block)
+            s.extra["hadamard_block"] = block
+        return PassResult(gm, False)
