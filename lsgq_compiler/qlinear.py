@@ -13,6 +13,9 @@ SmoothQuant/MinMax with the pieces turned on or off.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -177,6 +180,21 @@ class QuantLinear(nn.Module):
         if self.rot_block:
             parts.append(f"hadamard={self.rot_block}")
         return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def quantizers_off(gm: nn.Module) -> Iterator[None]:
+    """Run ``gm`` in full precision (transforms kept: they are exact) inside the block."""
+    mods = [m for m in gm.modules() if isinstance(m, QuantLinear)]
+    saved = [(m.wq, m.aq) for m in mods]
+    for m in mods:
+        m.wq = m.aq = None
+    try:
+        yield
+    finally:
+        for m, (wq, aq) in zip(mods, saved):
+            m.wq, m.aq = wq, aq
+            m._wcache = None
 
 
 def quant_linears(gm: nn.Module) -> dict[str, QuantLinear]:
