@@ -1,0 +1,256 @@
+"""``lsgq eval`` / ``lsgq compare``: quantize the shipped VSR model with several recipes and
+bit-widths, run it on clips, and report PSNR/SSIM, fidelity to full precision and
+temporal consistency.
+
+Clips given as a folder are taken as high-quality ground truth and degraded by the
+built-in seeded pipeline; real low-quality clips (no ground truth) are judged by fidelity
+and warping error only. Quantized variants are calibrated on the built-in calibration
+set, never on the evaluated clips. Clips of any size are run in overlapping tiles of the
+captured shape (see :mod:`lsgq_compiler.tiling`); only the first ``--frames`` frames are
+used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import QuantConfig
+from .errors import user_error
+from .plan import atomic_write_text
+
+DEFAULT_FRAMES = 8
+TILE = 32  # LQ pixels; the model's tokens per tile: frames * (TILE/2)^2
+
+
+@dataclass
+class EvalClip:
+    name: str
+    lq: np.ndarray  # (T, h, w, 3) uint8
+    hq: np.ndarray | None  # (T, 4h, 4w, 3) uint8 or None for real clips
+
+
+@dataclass
+class Variant:
+    tag: str
+    config: QuantConfig
+    qm: Any = None
+    quant_time_s: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def parse_variants(recipes: str, bits: str, options: dict | None = None) -> list[QuantConfig]:
+    """``"minmax,lsgquant"`` x ``"w4a4,w8a8"`` -> configs (validated)."""
+    out = []
+    for r in [r.strip() for r in recipes.split(",") if r.strip()]:
+        for b in [b.strip().lower() for b in bits.split(",") if b.strip()]:
+            if not (b.startswith("w") and "a" in b):
+                raise user_error(f"bad bit-width {b!r}", "use the form w4a4, w6a6, w8a8")
+            try:
+                wb, ab = (int(v) for v in b[1:].split("a"))
+            except ValueError:
+                raise user_error(f"bad bit-width {b!r}", "use the form w4a4, w6a6, w8a8") from None
+            out.append(QuantConfig(recipe=r, weight_bits=wb, act_bits=ab, options=dict(options or {})))
+    if not out:
+        raise user_error("no recipe/bit-width combination to evaluate", "pass --recipes and --bits")
+    return out
+
+
+def load_eval_clips(source: str, frames: int, max_lq: int | None = None) -> list[EvalClip]:
+    """``builtin`` (the built-in eval set), ``real`` (the real LQ clips) or a folder of clips."""
+    from .data import ClipError, degrade_clip, eval_set, fit_clip, list_clips, read_clip, real_clips
+
+    if source == "builtin":
+        return [EvalClip(c.name, c.lq[:frames], c.hq[:frames]) for c in eval_set(frames=frames)]
+    if source == "real":
+        clips = []
+        for c in real_clips(frames=frames):
+            lq = c.lq
+            if max_lq:
+                lq = _center_crop(lq, max_lq)
+            clips.append(EvalClip(c.name, lq, None))
+        return clips
+    root = Path(source)
+    out = []
+    for p in list_clips(root):
+        try:
+            hq = fit_clip(read_clip(p, max_frames=frames), frames, multiple=8)
+        except ClipError as e:
+            warnings.warn(f"skipping {p.name}: {e}", stacklevel=2)
+            continue
+        if max_lq:
+            hq = _center_crop(hq, max_lq * 4)
+        lq = degrade_clip(hq, seed=zlib.crc32(p.name.encode()))
+        out.append(EvalClip(p.stem, lq, hq))
+    if not out:
+        raise user_error(f"no readable clip in {root}", "put one clip per entry: a folder of PNG/JPEG frames or "
+                         "a video file, RGB, at least 2 frames of 64x64")
+    return out
+
+
+def _center_crop(clip: np.ndarray, size: int) -> np.ndarray:
+    t, h, w, _ = clip.shape
+    y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return clip[:, y0:y0 + size, x0:x0 + size]
+
+
+class VSRRunner:
+    """The shipped model at one static tile shape, plus calibration inputs."""
+
+    def __init__(self, frames: int = DEFAULT_FRAMES, tile: int = TILE, progress: bool = True) -> None:
+        from .data import calibration_set
+        from .models import load_tiny_vsr
+        from .tiling import to_tensor
+
+        self.vsr = load_tiny_vsr()
+        self.frames, self.tile, self.progress = frames, tile, progress
+        calib = calibration_set(frames=frames, size=(tile * 4, tile * 4))
+        self.calib_inputs = [self.vsr.transformer_inputs(to_tensor(c.lq)) for c in calib]
+        self.example_inputs = self.calib_inputs[0]
+
+    def quantize(self, cfg: QuantConfig) -> Variant:
+        from .api import compile_quantized
+
+        t0 = time.perf_counter()
+        qm = compile_quantized(self.vsr.transformer, self.example_inputs, cfg, calib_data=self.calib_inputs,
+                               progress=self.progress)
+        return Variant(cfg.tag, cfg, qm, time.perf_counter() - t0, qm.info)
+
+    @torch.no_grad()
+    def upscale(self, lq: np.ndarray, transformer: Any = None) -> np.ndarray:
+        from .tiling import run_tiled, to_tensor, to_uint8
+
+        def fn(tile_lq: np.ndarray) -> np.ndarray:
+            return to_uint8(self.vsr(to_tensor(tile_lq), transformer=transformer))
+
+        return run_tiled(fn, lq, self.frames, self.tile)
+
+
+def quantize_all(runner: VSRRunner, configs: list[QuantConfig]) -> list[Variant]:
+    return [runner.quantize(cfg) for cfg in tqdm(configs, desc="quantizing variants", disable=not runner.progress)]
+
+
+def evaluate(runner: VSRRunner, clips: list[EvalClip], configs: list[QuantConfig] | list[Variant],
+             keep_outputs: bool = False) -> dict[str, Any]:
+    """Evaluate bicubic, full precision and each config (or already quantized variant) on ``clips``."""
+    from .data import bicubic_upscale
+    from .metrics import psnr_video, ssim, warp_error
+
+    has_gt = all(c.hq is not None for c in clips)
+    variants = [c for c in configs if isinstance(c, Variant)]
+    variants += quantize_all(runner, [c for c in configs if isinstance(c, QuantConfig)])
+    per_clip: dict[str, dict[str, dict[str, float]]] = {}
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for c in tqdm(clips, desc="evaluating clips", disable=not runner.progress):
+        outs = {"bicubic": bicubic_upscale(c.lq), "fp": runner.upscale(c.lq)}
+        for v in variants:
+            outs[v.tag] = runner.upscale(c.lq, v.qm)
+        res = {}
+        for name, y in outs.items():
+            r: dict[str, float] = {"warp_error": warp_error(y)}
+            if c.hq is not None:
+                r["psnr"], r["ssim"] = psnr_video(c.hq, y), ssim(c.hq, y)
+            if name not in ("fp", "bicubic"):
+                r["psnr_vs_fp"] = psnr_video(outs["fp"], y)
+            res[name] = r
+        per_clip[c.name] = res
+        if keep_outputs:
+            outputs[c.name] = outs
+    names = ["bicubic", "fp"] + [v.tag for v in variants]
+    results = {n: {k: float(np.mean([per_clip[c][n][k] for c in per_clip])) for k in per_clip[clips[0].name][n]}
+               for n in names}
+    for v in variants:
+        results[v.tag]["quant_time_s"] = round(v.quant_time_s, 2)
+        s = v.qm.plan.summary()
+        results[v.tag]["avg_weight_bits"] = s["avg_weight_bits"]
+        share = v.info.get("notes", {}).get("lowrank_share")
+        if share is not None:
+            results[v.tag]["lowrank_share"] = share
+    out = {"clips": len(clips), "ground_truth": has_gt, "frames": runner.frames,
+           "tiling": f"{runner.frames} frames x {runner.tile}x{runner.tile} LQ tiles, overlap 8, ramp-blended",
+           "results": results, "per_clip": per_clip,
+           "variants": {v.tag: {"config": v.config.to_dict(), "timings": v.info.get("timings", {}),
+                                "notes": v.info.get("notes", {})} for v in variants}}
+    if keep_outputs:
+        out["_outputs"] = outputs
+        out["_variants"] = variants
+    return out
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """Markdown table: rows = variants, columns = metrics."""
+    cols = ["psnr", "ssim", "psnr_vs_fp", "warp_error", "quant_time_s"]
+    present = [c for c in cols if any(c in r for r in res["results"].values())]
+    head = "| variant | " + " | ".join(present) + " |\n|---|" + "---|" * len(present) + "\n"
+    rows = []
+    for name, r in res["results"].items():
+        cells = []
+        for c in present:
+            v = r.get(c)
+            cells.append("-" if v is None else ("inf" if isinstance(v, float) and math.isinf(v)
+                                                else f"{v:.4f}" if c in ("ssim", "warp_error") else f"{v:.2f}"))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, compare: bool = False) -> None:
+    p.add_argument("--clips", default="builtin",
+                   help="folder of clips (subfolders of frames or video files), taken as ground truth; "
+                        "'builtin' = the built-in eval set, 'real' = the real low-quality clips (no ground truth)")
+    p.add_argument("--recipes", default="minmax,lsgquant" if compare else "minmax")
+    p.add_argument("--bits", default="w8a8,w6a6,w4a4" if compare else "w4a4,w8a8")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames per clip (the first N)")
+    p.add_argument("--max-lq", type=int, default=None,
+                   help="center-crop LQ frames to at most this size (faster; default: full frames, tiled)")
+    p.add_argument("--json", default=None, help="write the results JSON here")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe option (JSON value), e.g. --option full_iters=100")
+    if compare:
+        p.add_argument("--out", default="compare_out", help="folder for table.md, results.json, chart.png")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(compare=compare)
+
+
+def _parse_options(items: list[str]) -> dict:
+    opts = {}
+    for it in items:
+        if "=" not in it:
+            raise user_error(f"bad --option {it!r}", "use KEY=VALUE, e.g. --option full_iters=100")
+        k, v = it.split("=", 1)
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    return opts
+
+
+def run_eval_cli(args: argparse.Namespace) -> int:
+    if args.frames < 2:
+        raise user_error(f"--frames {args.frames} is too small", "use at least 2 frames")
+    configs = parse_variants(args.recipes, args.bits, _parse_options(args.option))
+    clips = load_eval_clips(args.clips, args.frames, args.max_lq)
+    runner = VSRRunner(frames=args.frames, progress=not args.no_progress)
+    res = evaluate(runner, clips, configs)
+    table = format_table(res)
+    print(f"{res['clips']} clips from {args.clips} ({res['tiling']})")
+    print(table)
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(res, indent=1))
+        print(f"wrote {args.json}")
+    if getattr(args, "compare", False):
+        from .report import write_compare
+
+        write_compare(Path(args.out), res, args)
+        print(f"wrote {args.out}/table.md, results.json, chart.png")
+    return 0

@@ -1,0 +1,129 @@
+"""Figures and tables: the plan's sensitivity/bits plot, the comparison table and chart."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .plan import Plan, atomic_write_text
+
+
+def _savefig(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_plan(plan: Plan, path: Path, title: str = "") -> Path:
+    """Per-layer sensitivity (log scale, bars coloured by VOLTS tier) and weight bits (line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [s for s in plan.layers.values() if s.quantized]
+    names = [s.module_path.replace("blocks.", "b") for s in layers]
+    sens = np.array([s.sensitivity if s.sensitivity is not None else np.nan for s in layers], dtype=float)
+    colours = {"frozen": "#9ecae1", "light": "#fdae6b", "full": "#e6550d", None: "#bbbbbb"}
+    fig, ax = plt.subplots(figsize=(max(8, 0.16 * len(layers)), 4.2))
+    ax.bar(range(len(layers)), np.nan_to_num(sens, nan=0.0), color=[colours.get(s.tier, "#bbb") for s in layers])
+    if np.nanmax(np.nan_to_num(sens, nan=0)) > 0:
+        ax.set_yscale("log")
+    ax.set_ylabel("sensitivity (" + str(plan.config.get("options", {}).get("sensitivity", "qerror")) + ")")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(names, rotation=90, fontsize=5)
+    ax2 = ax.twinx()
+    ax2.plot(range(len(layers)), [s.weight_bits or 16 for s in layers], "k.-", lw=1, label="weight bits")
+    ax2.plot(range(len(layers)), [s.act_bits or 16 for s in layers], "g--", lw=0.8, label="activation bits")
+    ax2.set_ylabel("bits")
+    ax2.set_ylim(0, 9)
+    ax2.legend(loc="upper right", fontsize=7)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=t) for t, c in colours.items() if t], loc="upper left", fontsize=7,
+              title="VOLTS tier", title_fontsize=7)
+    ax.set_title(title or f"{plan.model_class}: per-layer sensitivity and bits")
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def table1_markdown(res: dict[str, Any]) -> str:
+    """LSGQuant Table-1 layout: rows bits x method, columns PSNR, SSIM, fidelity, warp error, time."""
+    r = res["results"]
+    gt = res.get("ground_truth", True)
+    cols = (["PSNR ↑", "SSIM ↑"] if gt else []) + ["PSNR vs FP ↑", "warp error ↓", "quant. time (s)"]
+    lines = ["| bits | method | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+
+    def row(bits: str, name: str, m: dict) -> str:
+        cells = ([f"{m['psnr']:.2f}", f"{m['ssim']:.4f}"] if gt else []) + [
+            f"{m['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in m else "-", f"{m['warp_error']:.4f}",
+            f"{m['quant_time_s']:.1f}" if "quant_time_s" in m else "-"]
+        return f"| {bits} | {name} | " + " | ".join(cells) + " |"
+
+    lines.append(row("FP32", "full precision", r["fp"]))
+    lines.append(row("-", "bicubic", r["bicubic"]))
+    tags = [t for t in r if t not in ("fp", "bicubic")]
+    for bits in sorted({t.rsplit("-", 1)[1] for t in tags}, key=lambda b: -int(b[1:].split("a")[0])):
+        for t in tags:
+            if t.endswith("-" + bits):
+                lines.append(row(bits.upper(), t.rsplit("-", 1)[0], r[t]))
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(out: Path, res: dict[str, Any], args: Any = None) -> None:
+    """table.md, results.json and chart.png (PSNR or fidelity per method and bits)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in res.items() if not k.startswith("_")}
+    atomic_write_text(out / "results.json", json.dumps(clean, indent=1))
+    atomic_write_text(out / "table.md", table1_markdown(res))
+    r = res["results"]
+    tags = [t for t in r if t not in ("fp", "bicubic")]
+    methods = sorted({t.rsplit("-", 1)[0] for t in tags})
+    bits = sorted({t.rsplit("-", 1)[1] for t in tags}, key=lambda b: int(b[1:].split("a")[0]))
+    key = "psnr" if res.get("ground_truth", True) else "psnr_vs_fp"
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(bits) * max(1, len(methods)) / 3, 3.8))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        vals = [r.get(f"{m}-{b}", {}).get(key, np.nan) for b in bits]
+        ax.bar(np.arange(len(bits)) + i * width - 0.4 + width / 2, vals, width, label=m)
+    if key == "psnr":
+        ax.axhline(r["fp"]["psnr"], color="k", ls="--", lw=1, label="full precision")
+        ax.axhline(r["bicubic"]["psnr"], color="gray", ls=":", lw=1, label="bicubic")
+        lo = min(v.get("psnr", 99) for v in r.values())
+        ax.set_ylim(lo - 1.0, r["fp"]["psnr"] + 0.5)
+    ax.set_xticks(range(len(bits)))
+    ax.set_xticklabels([b.upper() for b in bits])
+    ax.set_ylabel("PSNR (dB)" if key == "psnr" else "PSNR vs full precision (dB)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{res['clips']} clips")
+    _savefig(fig, out / "chart.png")
+    plt.close(fig)
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], path: Path, frame: int = 0) -> Path:
+    """One frame of several clips ``(T, H, W, 3)`` side by side with labels (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
+    for ax, (label, clip) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(clip[min(frame, len(clip) - 1)], interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
