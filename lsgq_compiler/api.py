@@ -61,6 +61,9 @@ class QuantizedModel(nn.Module):
             s = m.spec
             rows.append({"layer": path, "format": s.fmt, "act": s.act_quantizer if s.act_bits else "-",
                          "rank": s.rank, "rotate": s.rotate, "kernel": "fp32" if not s.quantized else "simulated"})
+        for path, a in self.plan.attention.items():
+            rows.append({"layer": path, "format": a["format"], "act": "-", "rank": 0, "rotate": False,
+                         "kernel": "triton int8 (CUDA) / simulated (CPU)" if a["quantized"] else "sdpa"})
         return rows
 
 
@@ -104,11 +107,19 @@ def compile_quantized(
     ctx = PassContext(config=config, captured=captured, calib=calib, plan=plan, progress=progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        gm = run_passes(captured.gm, RECIPES[config.recipe].build(ctx))
+        passes = RECIPES[config.recipe].build(ctx)
+        if config.attention_bits:
+            from lsgq_compiler.passes.attention import QuantizeAttention
+
+            keep = tuple(k for k, v in (plan.attention.items() if plan else ()) if not v.get("quantized", True))
+            passes.append(QuantizeAttention(ctx, min_kv_tokens=int(config.options.get("attention_min_kv", 256)),
+                                            keep=keep))
+        gm = run_passes(captured.gm, passes)
     if quant_state is not None:
         _load_quant_state(gm, quant_state)
     layers = specs(gm)
-    result_plan = Plan(layers=layers, model_class=captured.model_class, config=config.to_dict())
+    result_plan = Plan(layers=layers, model_class=captured.model_class, config=config.to_dict(),
+                       attention=dict(ctx.notes.get("attention", {})))
     info = {"compile_s": time.perf_counter() - t0, "timings": dict(ctx.timings),
             "input_shapes": captured.input_shapes, "notes": ctx.notes}
     qm = QuantizedModel(gm, result_plan, config, info)

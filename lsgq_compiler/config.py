@@ -33,7 +33,9 @@ class QuantConfig:
         seed: seeds every random choice (Hadamard signs, training order, sampling).
         allowed_bits: bit-widths a mixed-precision allocator may pick from.
         time_budget_s: soft wall-time limit for training stages (None: no limit).
-        options: recipe-specific options (e.g. ``{"rank_share": 0.02}``), JSON-able.
+        options: recipe-specific options (e.g. ``{"lowrank_share": 0.02}``), JSON-able.
+        attention_bits: 8 replaces eligible attention by 8-bit attention (INT8 Q.K^T, FP16 P.V);
+            None keeps attention in full precision.
 
     Example:
         >>> QuantConfig(recipe="minmax", weight_bits=8, act_bits=8)
@@ -47,6 +49,7 @@ class QuantConfig:
     allowed_bits: tuple[int, ...] = (4, 6, 8)
     time_budget_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    attention_bits: int | None = None
 
     def __post_init__(self) -> None:
         from .recipes import RECIPES  # late: recipes import passes which import config
@@ -73,6 +76,9 @@ class QuantConfig:
                              "e.g. allowed_bits=(4, 6, 8)")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise user_error(f"time_budget_s={self.time_budget_s} must be positive", "or None for no limit")
+        if self.attention_bits not in (None, 8):
+            raise user_error(f"attention_bits={self.attention_bits} is not supported",
+                             "use 8 (INT8 Q.K^T with FP16 P.V) or None (full-precision attention)")
         try:
             json.dumps(self.options)
         except TypeError as e:

@@ -98,6 +98,7 @@ class Plan:
     model_class: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_FORMAT_VERSION
+    attention: dict[str, dict[str, Any]] = field(default_factory=dict)  # attention module path -> decision
 
     def __getitem__(self, path: str) -> LayerSpec:
         return self.layers[path]
@@ -129,7 +130,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "model_class": self.model_class, "config": self.config,
-                "layers": {k: v.to_dict() for k, v in self.layers.items()}}
+                "layers": {k: v.to_dict() for k, v in self.layers.items()}, "attention": self.attention}
 
     def to_json(self, indent: int = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -143,7 +144,7 @@ class Plan:
                              f"({PLAN_FORMAT_VERSION})", "upgrade lsgq-compiler")
         return cls(layers={k: LayerSpec.from_dict(v) for k, v in d["layers"].items()},
                    model_class=d.get("model_class", ""), config=d.get("config", {}),
-                   version=d.get("version", PLAN_FORMAT_VERSION))
+                   version=d.get("version", PLAN_FORMAT_VERSION), attention=d.get("attention", {}))
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
