@@ -47,20 +47,24 @@ class InputStats:
         self.call_absmax: list[torch.Tensor] = []
 
     def update(self, x: torch.Tensor) -> None:
-        """x: ``(..., K)``."""
-        x = x.detach().reshape(-1, self.k).double()
-        self.absmax = torch.maximum(self.absmax, x.abs().amax(0))
-        self.lo = torch.minimum(self.lo, x.amin())
-        self.hi = torch.maximum(self.hi, x.amax())
-        self.sum += x.sum(0)
-        self.sumsq += (x * x).sum(0)
+        """x: ``(..., K)`` on any device; reductions run there, (K,) results land on the CPU."""
+        x = x.detach().reshape(-1, self.k)
+        xf = x.float()
+        cpu = lambda t: t.double().cpu()  # noqa: E731
+        call_absmax = cpu(xf.abs().amax(0))
+        self.absmax = torch.maximum(self.absmax, call_absmax)
+        self.lo = torch.minimum(self.lo, cpu(xf.amin()))
+        self.hi = torch.maximum(self.hi, cpu(xf.amax()))
+        s, ss = cpu(xf.sum(0)), cpu((xf * xf).sum(0))
+        self.sum += s
+        self.sumsq += ss
         self.count += x.shape[0]
-        self.call_means.append(x.mean(0))
-        self.call_absmax.append(x.abs().amax(0))
+        self.call_means.append(s / x.shape[0])
+        self.call_absmax.append(call_absmax)
         if self.max_tokens:
             g = torch.Generator().manual_seed(len(self.samples))
             idx = torch.randperm(x.shape[0], generator=g)[: self.max_tokens].sort().values
-            self.samples.append(x[idx].float())
+            self.samples.append(xf[idx.to(x.device)].cpu())
 
     @property
     def mean(self) -> torch.Tensor:

@@ -44,7 +44,7 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
     params = [p for p in params if p is not None]
     with torch.no_grad():
         w_fp = m.effective_weight().float()
-        xs = [x.to(m.weight.dtype) for x in st.samples]
+        xs = [x.to(device=m.weight.device, dtype=m.weight.dtype) for x in st.samples]
         targets = [F.linear(x, w_fp.to(x.dtype), m.bias) for x in xs]
         before = float(layer_loss(m, xs, targets))
     best, best_state, stale, it = before, [p.detach().clone() for p in params], 0, 0

@@ -25,7 +25,7 @@ class Observe(PassBase):
         mods = [m for _, m in quant_nodes(gm)]
         saved = [(m.wq, m.aq) for m in mods]
         for m in mods:
-            m.stats = InputStats(m.in_features)
+            m.stats = InputStats(m.in_features, int(self.ctx.option("observe_tokens", 512)))
             m.wq = m.aq = None
         try:
             outs = run_batches(gm, self.ctx.calib, "calibration pass", self.ctx.progress)

@@ -44,6 +44,7 @@ def score_qerror(m: QuantLinear, st: InputStats) -> float:
         if s.weight_bits else w
     err = 0.0
     for x, amax in zip(st.samples, st.call_absmax):
+        x, amax = x.to(w.device), amax.to(w.device)
         if s.act_bits is None:
             xq = x
         elif s.act_quantizer.startswith("draq"):
