@@ -54,13 +54,19 @@ class QuantizedModel(nn.Module):
         return out
 
     def report(self) -> list[dict[str, Any]]:
-        """One row per linear: path, format, and how it runs (simulated fake-quant here;
-        lowering backends replace this with real kernels)."""
+        """One row per layer: ``layer``, ``format`` (the plan's, e.g. ``W4A4``), ``act``, ``rank``,
+        ``rotate``, and how it runs: ``kernel`` (the op doing the GEMM), ``backend`` and
+        ``real_kernel`` (True when that op computes on integer/low-precision data, False when the
+        quantization is simulated in floating point). Here every quantized linear is simulated
+        (fake-quant); a lowered model (``lsgq_compiler.backends``) sets each module's
+        ``kernel_info`` (``backend``, ``kernel``, ``real_kernel``, ``note``), reported as is."""
         rows = []
         for path, m in self.quant_linears().items():
             s = m.spec
             rows.append({"layer": path, "format": s.fmt, "act": s.act_quantizer if s.act_bits else "-",
-                         "rank": s.rank, "rotate": s.rotate, "kernel": "fp32" if not s.quantized else "simulated"})
+                         "rank": s.rank, "rotate": s.rotate, "kernel": "fp32" if not s.quantized else "simulated",
+                         "backend": "fake-quant", "real_kernel": not s.quantized,
+                         **getattr(m, "kernel_info", {})})
         for path, a in self.plan.attention.items():
             rows.append({"layer": path, "format": a["format"], "act": "-", "rank": 0, "rotate": False,
                          "kernel": "triton int8 (CUDA) / simulated (CPU)" if a["quantized"] else "sdpa"})
@@ -103,8 +109,10 @@ def compile_quantized(
         raise user_error(f"plan must be a Plan, got {type(plan).__name__}", "load one with Plan.load(path)", TypeError)
     t0 = time.perf_counter()
     captured = capture(model, example_inputs, copy_model=True)
+    capture_s = time.perf_counter() - t0
     calib = prepare_calibration(calib_data, captured)
     ctx = PassContext(config=config, captured=captured, calib=calib, plan=plan, progress=progress)
+    ctx.timings["capture"] = capture_s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         passes = RECIPES[config.recipe].build(ctx)
@@ -114,13 +122,14 @@ def compile_quantized(
             keep = tuple(k for k, v in (plan.attention.items() if plan else ()) if not v.get("quantized", True))
             passes.append(QuantizeAttention(ctx, min_kv_tokens=int(config.options.get("attention_min_kv", 256)),
                                             keep=keep))
-        gm = run_passes(captured.gm, passes)
+        peak: dict[str, float] = {}
+        gm = run_passes(captured.gm, passes, ctx.timings, peak)
     if quant_state is not None:
         _load_quant_state(gm, quant_state)
     layers = specs(gm)
     result_plan = Plan(layers=layers, model_class=captured.model_class, config=config.to_dict(),
                        attention=dict(ctx.notes.get("attention", {})))
-    info = {"compile_s": time.perf_counter() - t0, "timings": dict(ctx.timings),
+    info = {"compile_s": time.perf_counter() - t0, "timings": dict(ctx.timings), "peak_mem_gib": peak,
             "input_shapes": captured.input_shapes, "notes": ctx.notes}
     qm = QuantizedModel(gm, result_plan, config, info)
     qm.eval()

@@ -61,13 +61,20 @@ def quant_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, QuantLinear]]:
     return out
 
 
-def run_passes(gm: fx.GraphModule, passes: Iterable[PassBase]) -> fx.GraphModule:
-    """Run ``passes`` in order; after each: lint + recompile. Records wall time per pass in
-    ``ctx.timings`` when the pass has a ``ctx``."""
+def run_passes(gm: fx.GraphModule, passes: Iterable[PassBase], timings: dict[str, float] | None = None,
+               peak_mem: dict[str, float] | None = None) -> fx.GraphModule:
+    """Run ``passes`` in order; after each that modified the graph: lint + recompile.
+
+    Records each pass's wall time in ``timings`` and, on CUDA, its peak GPU memory (GiB) in
+    ``peak_mem``. A failing pass is named, with the passes that ran before it.
+    """
     done: list[str] = []
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     for p in passes:
         name = type(p).__name__
         t0 = time.perf_counter()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         try:
             res = p(gm)
         except (ValueError, TypeError):
@@ -79,9 +86,10 @@ def run_passes(gm: fx.GraphModule, passes: Iterable[PassBase]) -> fx.GraphModule
             if res.modified:
                 gm.graph.lint()
                 gm.recompile()
-        ctx = getattr(p, "ctx", None)
-        if ctx is not None:
-            ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - t0
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        if cuda and peak_mem is not None:
+            peak_mem[name] = max(peak_mem.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
         done.append(name)
     return gm
 
