@@ -32,7 +32,7 @@ from lsgq_compiler.api import QuantizedModel
 from lsgq_compiler.errors import user_error
 from lsgq_compiler.qlinear import QuantLinear
 
-from .common import full_precision_info, lower_layers, simulated_info
+from .common import LoweredLinear, full_precision_info, lower_layers, simulated_info
 from .draq_int8 import DRAQInt8Linear
 
 
@@ -136,6 +136,36 @@ class _TorchaoCore(nn.Module):
         return self.linear(x)
 
 
+def torchao_core(layer: QuantLinear, device: str | torch.device = "cpu", fp8: bool = False):
+    """``(core, kernel_info)`` for one layer; ``core`` is None where the layer stays as it is
+    (full precision, or fake-quant where no real kernel exists)."""
+    device = torch.device(device)
+    s = layer.spec
+    if not s.quantized:
+        return None, full_precision_info("torch", "aten.linear (float)")
+    if s.act_bits == 8 and s.act_quantizer in ("draq", "draq_static"):
+        return DRAQInt8Linear(layer).to(device), {
+            "backend": "lsgq", "kernel": "DRAQ deployable form (torch._int_mm)", "real_kernel": True,
+            "note": "per call: channel range from X, W diag(s) requantized to int8 per row"
+                    if s.act_quantizer == "draq" else "calibrated channel range folded into int8 weights"}
+    cfg, info = torchao_config(s, device, fp8)
+    if cfg is None:
+        why = (f"no {s.fmt} kernel on {device.type} (torchao has no sub-8-bit activation kernels)"
+               if s.act_bits and s.act_bits < 8 else f"no torchao kernel for {s.fmt} with {s.act_quantizer} "
+               f"{s.act_granularity} activations")
+        return None, simulated_info("fake-quant", why)
+    return _TorchaoCore(layer, cfg, device), info
+
+
+def lower_torchao_layer(layer: QuantLinear, device: str | torch.device = "cpu", fp8: bool = False) -> QuantLinear:
+    """One layer lowered: a :class:`LoweredLinear`, or ``layer`` itself with ``kernel_info`` set."""
+    core, info = torchao_core(layer, device, fp8)
+    if core is None:
+        layer.kernel_info = info
+        return layer
+    return LoweredLinear(layer, core, info)
+
+
 def lower_torchao(qm: QuantizedModel, device: str | torch.device = "cpu", fp8: bool = False) -> QuantizedModel:
     """Return a copy of ``qm`` whose linears run torchao / integer kernels where they exist.
 
@@ -156,23 +186,6 @@ def lower_torchao(qm: QuantizedModel, device: str | torch.device = "cpu", fp8: b
     if fp8 and not fp8_supported(device):
         raise user_error(f"fp8=True needs a CUDA GPU with compute capability >= 8.9 (device={device})",
                          "lower with fp8=False (int8) on this machine")
-
-    def make_core(layer: QuantLinear):
-        s = layer.spec
-        if not s.quantized:
-            return None, full_precision_info("torch", "aten.linear (float)")
-        if s.act_bits == 8 and s.act_quantizer in ("draq", "draq_static"):
-            return DRAQInt8Linear(layer).to(device), {
-                "backend": "lsgq", "kernel": "DRAQ deployable form (torch._int_mm)", "real_kernel": True,
-                "note": "per call: channel range from X, W diag(s) requantized to int8 per row"
-                        if s.act_quantizer == "draq" else "calibrated channel range folded into int8 weights"}
-        cfg, info = torchao_config(s, device, fp8)
-        if cfg is None:
-            why = (f"no {s.fmt} kernel on {device.type} (torchao has no sub-8-bit activation kernels)"
-                   if s.act_bits and s.act_bits < 8 else f"no torchao kernel for {s.fmt} with {s.act_quantizer} "
-                   f"{s.act_granularity} activations")
-            return None, simulated_info("fake-quant", why)
-        return _TorchaoCore(layer, cfg, device), info
-
-    out = lower_layers(qm, make_core, f"torchao ({device.type}{', fp8' if fp8 else ''})")
+    out = lower_layers(qm, lambda layer: torchao_core(layer, device, fp8),
+                       f"torchao ({device.type}{', fp8' if fp8 else ''})")
     return out.to(device)

@@ -12,4 +12,23 @@ from .recipes import RECIPES
 
 __version__ = "0.1.0"
 __all__ = ["compile_quantized", "QuantizedModel", "QuantConfig", "Plan", "LayerSpec", "capture",
-           "CaptureError", "RECIPES", "__version__"]
+           "CaptureError", "RECIPES", "__version__", "export_onnx", "save_quantized", "load_quantized"]
+
+
+# The backends import onnx/onnxruntime/safetensors lazily: thin wrappers here, docs where they live.
+def export_onnx(qm, path, *args, **kwargs):
+    """See :func:`lsgq_compiler.backends.onnx.export_onnx`."""
+    from .backends.onnx import export_onnx as export
+    return export(qm, path, *args, **kwargs)
+
+
+def save_quantized(qm, directory, *args, **kwargs):
+    """See :func:`lsgq_compiler.backends.artifacts.save_quantized`."""
+    from .backends.artifacts import save_quantized as save
+    return save(qm, directory, *args, **kwargs)
+
+
+def load_quantized(directory, model, example_inputs, **kwargs):
+    """See :func:`lsgq_compiler.backends.artifacts.load_quantized`."""
+    from .backends.artifacts import load_quantized as load
+    return load(directory, model, example_inputs, **kwargs)
