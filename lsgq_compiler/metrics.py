@@ -52,11 +52,11 @@ def psnr(reference: torch.Tensor, approx: torch.Tensor, data_range: float = 1.0)
 # ---------------------------------------------------------------------------------------------
 # Video metrics on numpy frames: (T, H, W, 3) or (H, W, 3) RGB, uint8 (or float on data_range).
 # ---------------------------------------------------------------------------------------------
+import numpy as np  # noqa: E402  (numpy comes with torch; OpenCV is imported where it is used)
 
-def _as_video(x, name: str):
+
+def _as_video(x: np.ndarray, name: str) -> np.ndarray:
     """Return a float64 (T, H, W, C) view of a numpy video/image; raise a clear error otherwise."""
-    import numpy as np
-
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
@@ -70,7 +70,7 @@ def _as_video(x, name: str):
     return x.astype(np.float64, copy=False)
 
 
-def _pair(ref, x, fn: str):
+def _pair(ref: np.ndarray, x: np.ndarray, fn: str) -> tuple[np.ndarray, np.ndarray]:
     a, b = _as_video(ref, "ref"), _as_video(x, "x")
     if a.shape != b.shape:
         raise ValueError(f"{fn}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}.\n"
@@ -78,7 +78,7 @@ def _pair(ref, x, fn: str):
     return a, b
 
 
-def ssim(ref, x, data_range: float = 255.0) -> float:
+def ssim(ref: np.ndarray, x: np.ndarray, data_range: float = 255.0) -> float:
     """Structural similarity (Wang et al. 2004), mean over frames, channels and pixels.
 
     Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03, population (not sample)
@@ -96,7 +96,6 @@ def ssim(ref, x, data_range: float = 255.0) -> float:
         Mean SSIM in [-1, 1]; 1.0 for identical inputs.
     """
     import cv2
-    import numpy as np
 
     a, b = _pair(ref, x, "ssim")
     t, h, w, c = a.shape
@@ -121,7 +120,7 @@ def ssim(ref, x, data_range: float = 255.0) -> float:
     return float(np.mean(scores))
 
 
-def psnr_video(ref, x, data_range: float = 255.0) -> float:
+def psnr_video(ref: np.ndarray, x: np.ndarray, data_range: float = 255.0) -> float:
     """PSNR of a whole clip in dB: 10 log10(data_range^2 / MSE), MSE over all frames and pixels.
 
     Args:
@@ -132,8 +131,6 @@ def psnr_video(ref, x, data_range: float = 255.0) -> float:
     Returns:
         PSNR in dB; ``inf`` for identical clips. (One MSE over the clip, not a mean of per-frame PSNRs.)
     """
-    import numpy as np
-
     a, b = _pair(ref, x, "psnr_video")
     mse = float(np.mean((a - b) ** 2))
     if mse == 0.0:
@@ -141,7 +138,7 @@ def psnr_video(ref, x, data_range: float = 255.0) -> float:
     return 10.0 * math.log10(data_range * data_range / mse)
 
 
-def warp_error(frames, data_range: float = 255.0) -> float:
+def warp_error(frames: np.ndarray, data_range: float = 255.0) -> float:
     """Temporal (in)consistency: mean flow-warping error between consecutive frames.
 
     For each pair (t, t+1): Farneback optical flow from frame t+1 to frame t (on gray
@@ -158,7 +155,6 @@ def warp_error(frames, data_range: float = 255.0) -> float:
         The mean absolute warping error in [0, 1].
     """
     import cv2
-    import numpy as np
 
     v = _as_video(frames, "frames")
     t, h, w, c = v.shape

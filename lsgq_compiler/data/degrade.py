@@ -37,7 +37,7 @@ class DegradeConfig:
 
     Attributes:
         scale: downsampling factor (HQ size / LQ size).
-        blur_sigma: (min, max) Gaussian blur sigma, in HQ pixels.
+        blur_sigma: (min, max) Gaussian blur sigma, in HQ pixels (drawn log-uniformly).
         aniso_prob: probability that the blur is anisotropic (two sigmas, random angle).
         resize_modes: downsampling filters to choose from ("area", "bilinear", "bicubic").
         noise_prob: probability of adding Gaussian noise.
