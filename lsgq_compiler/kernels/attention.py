@@ -56,6 +56,10 @@ def int8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return out.to(q.dtype)
 
 
+#: kernel settings for CUDA, tuned by bench/attention_kernel.py (see its JSON in bench/results)
+CUDA_SETTINGS = {"pv": "fp16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 3}
+
+
 @torch.library.custom_op("lsgq::int8_attention", mutates_args=())
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, smooth_k: bool = True) -> torch.Tensor:
     """8-bit attention; ``q, k, v: (B, H, N, D)`` -> ``(B, H, N, D)``."""
@@ -63,7 +67,7 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         from .triton_attention import triton_available, triton_int8_attention
 
         if triton_available():
-            return triton_int8_attention(q, k, v, scale, smooth_k)
+            return triton_int8_attention(q, k, v, scale, smooth_k, **CUDA_SETTINGS)
     return int8_attention_reference(q, k, v, scale, smooth_k=smooth_k)
 
 
