@@ -278,7 +278,7 @@ def run_calib(args, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     cfg = QuantConfig(recipe="lsgquant", weight_bits=4, act_bits=4,
-                      options={"observe_tokens": 128, "light_iters": 30, "full_iters": 100})
+                      options={"observe_tokens": 128, "light_iters": 30, "full_iters": 50})
     qm = compile_quantized(model, inputs, cfg, calib_data=calib, progress=False)
     total = time.perf_counter() - t0
     with torch.no_grad():
@@ -304,6 +304,9 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
     res = run_speed(args, device) if args.part == "speed" else run_calib(args, device)

@@ -48,9 +48,9 @@ def fwht(x: torch.Tensor, block: int) -> torch.Tensor:
 
 def rotate(x: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
     """``x R`` with ``R = diag(signs) . blockdiag(H_block)``. x: ``(..., K)``."""
-    return fwht(x * signs.to(x.dtype), block)
+    return fwht(x * signs.to(device=x.device, dtype=x.dtype), block)
 
 
 def unrotate(y: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
     """``y R^T`` (the inverse of :func:`rotate`). y: ``(..., K)``."""
-    return fwht(y, block) * signs.to(y.dtype)
+    return fwht(y, block) * signs.to(device=y.device, dtype=y.dtype)

@@ -104,7 +104,7 @@ class QuantLinear(nn.Module):
         """Move a per-input-channel scale ``s: (K,)`` from X to W. Must precede low-rank and rotation."""
         if self.lr_down is not None or self.rot_block:
             raise RuntimeError("smoothing must be applied before the low-rank split and rotation")
-        s = s.to(self.weight.dtype)
+        s = s.to(device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             self.weight.mul_(s)
         self.smooth = s if self.smooth is None else self.smooth * s
@@ -119,22 +119,26 @@ class QuantLinear(nn.Module):
             raise RuntimeError("the low-rank split must be applied before rotation")
         if rank <= 0:
             return
-        w = self.weight.detach().double()
-        u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+        w = self.weight.detach().float()
+        if w.numel() <= 4_000_000:  # small: exact SVD
+            u, sv, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        else:  # large (billion-parameter models): randomized SVD, seeded by the caller's RNG
+            u, sv, v = torch.svd_lowrank(w, q=min(rank + 16, min(w.shape)), niter=4)
+            vh = v.T
         r = min(rank, sv.numel())
         root = sv[:r].sqrt()
         up, down = u[:, :r] * root, root[:, None] * vh[:r]
         dt = self.weight.dtype
         self.lr_up, self.lr_down = nn.Parameter(up.to(dt)), nn.Parameter(down.to(dt))
         with torch.no_grad():
-            self.weight.copy_((w - up @ down).to(dt))
+            self.weight.copy_((w.to(up.dtype) - up @ down).to(dt))
         self._wcache = None
 
     def apply_rotation(self, signs: torch.Tensor, block: int) -> None:
         """Rotate the quantized path by ``R = diag(signs) blockdiag(H_block)``: ``W_R <- W_R R``."""
         with torch.no_grad():
             self.weight.copy_(rotate(self.weight.detach(), signs, block))
-        self.rot_signs, self.rot_block = signs.to(self.weight.dtype), block
+        self.rot_signs, self.rot_block = signs.to(device=self.weight.device, dtype=self.weight.dtype), block
         self._wcache = None
 
     def effective_weight(self) -> torch.Tensor:

@@ -7,6 +7,7 @@ lints and recompiles after each, and names the pass that failed.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -19,6 +20,8 @@ from lsgq_compiler.capture import PATH_KEY, Captured
 from lsgq_compiler.config import QuantConfig
 from lsgq_compiler.plan import META_KEY, LayerSpec, Plan
 from lsgq_compiler.qlinear import QuantLinear
+
+log = logging.getLogger("lsgq_compiler")
 
 __all__ = ["PassBase", "PassResult", "PassContext", "run_passes", "specs", "quant_nodes"]
 
@@ -90,6 +93,8 @@ def run_passes(gm: fx.GraphModule, passes: Iterable[PassBase], timings: dict[str
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
         if cuda and peak_mem is not None:
             peak_mem[name] = max(peak_mem.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+        log.info("pass %s: %.1f s%s", name, time.perf_counter() - t0,
+                 f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "")
         done.append(name)
     return gm
 

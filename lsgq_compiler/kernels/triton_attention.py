@@ -85,7 +85,7 @@ if triton is not None:
         return acc, l_i, m_new
 
     @triton.jit
-    def _int8_attn_fwd(Q, K, V, QS, KS, VS, O, N, NBQ, NBK, svbh, svn, sob, soh, son,
+    def _int8_attn_fwd(Q, K, V, QS, KS, VS, O, NQ, N, NBQ, NBK, svbh, svn, sob, soh, son,
                        H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        PV_FP8: tl.constexpr):
         pid_m = tl.program_id(0)
@@ -95,7 +95,7 @@ if triton is not None:
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = tl.arange(0, BN)
         offs_d = tl.arange(0, D)
-        q = tl.load(Q + pid_bh * N * D + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < N, other=0)
+        q = tl.load(Q + pid_bh * NQ * D + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < NQ, other=0)
         q_scale = tl.load(QS + pid_bh * NBQ + pid_m)
         m_i = tl.full((BM,), float("-inf"), tl.float32)
         l_i = tl.zeros((BM,), tl.float32)
@@ -114,7 +114,7 @@ if triton is not None:
         if PV_FP8:
             out = out * (tl.load(VS + pid_bh * D + offs_d)[None, :] / 256.0)
         tl.store(O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=offs_m[:, None] < N)
+                 mask=offs_m[:, None] < NQ)
 
 
 def quantize_qk(x: torch.Tensor, block: int, mul: float, smooth: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +134,9 @@ def quantize_qk(x: torch.Tensor, block: int, mul: float, smooth: bool) -> tuple[
 def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, smooth_k: bool = True,
                           pv: str = "fp16", bm: int = DEFAULT_BM, bn: int = DEFAULT_BN, num_warps: int = 8,
                           num_stages: int = 3) -> torch.Tensor:
-    """``q, k, v: (B, H, N, D)`` CUDA tensors -> ``(B, H, N, D)`` in q's dtype."""
-    b, h, n, d = q.shape
+    """``q: (B, H, Nq, D)``, ``k, v: (B, H, N, D)`` CUDA tensors -> ``(B, H, Nq, D)`` in q's dtype."""
+    b, h, nq, d = q.shape
+    n = k.shape[-2]
     qq, qs = quantize_qk(q, bm, scale * LOG2E, False)  # exp2-domain softmax
     kq, ks = quantize_qk(k, bn, 1.0, smooth_k)
     if pv == "fp8":
@@ -149,8 +150,8 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
         vs = qs  # unused
         svbh, svn = v8.stride(0), v8.stride(1)
     out = torch.empty_like(q)
-    grid = (triton.cdiv(n, bm), b * h)
-    _int8_attn_fwd[grid](qq, kq, v8, qs, ks, vs, out, n, qs.shape[1], ks.shape[1], svbh, svn,
+    grid = (triton.cdiv(nq, bm), b * h)
+    _int8_attn_fwd[grid](qq, kq, v8, qs, ks, vs, out, nq, n, qs.shape[1], ks.shape[1], svbh, svn,
                          out.stride(0), out.stride(1), out.stride(2),
                          H=h, D=d, BM=bm, BN=bn, PV_FP8=pv == "fp8", num_warps=num_warps,
                          num_stages=num_stages)

@@ -40,3 +40,11 @@ def test_triton_kernel_matches_reference():
     out = int8_attention(q, k, v, 64 ** -0.5, True)
     ref = int8_attention_reference(q.float().cpu(), k.float().cpu(), v.float().cpu())
     assert sqnr(ref, out.float().cpu()) >= 35.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
+def test_triton_kernel_cross_attention_lengths():
+    q = torch.randn(1, 2, 700, 64, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 2, 226, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert sqnr(ref, int8_attention(q, k, v, 64 ** -0.5, True).float()) >= 30.0
