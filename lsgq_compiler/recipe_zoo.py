@@ -71,7 +71,7 @@ def _quarot(ctx):
             SwapLinears(), Rotate(ctx), InsertQuantizers()]
 
 
-@register_recipe("svdquant", "smoothing + 16-bit low-rank branch (rank-32 share) + 4-bit-style group-64 residual",
+@register_recipe("svdquant", "smoothing + full-precision low-rank branch (rank-32 share) + group-64 quantized residual",
                  "SVDQuant (Li et al., ICLR 2025, arXiv 2411.05007)")
 def _svdquant(ctx):
     """SVDQuant. Smooth (``a = 0.5``), then split ``W_s = L_up L_down + W_R`` by truncated SVD
@@ -124,17 +124,18 @@ def _quantvsr(ctx):
     +- 1 per clip by global 25th/75th percentiles, clipped to [16, 64], multiple of 8; see
     ``passes/stca.py``). Then the dual-branch refinement trains only ``L1, L2`` and LBA trains
     only the per-output-channel bias alignment. Readings for the CPU budget: both stages
-    distil each layer to its full-precision output (``options["train_mode"] = "end_to_end"``
-    trains against the model output, as the released code does) with 60 and 30 iterations
-    (the paper: 900 each, AdamW lr 1e-3); ranks are capped at half the layer width. Options:
-    ``lowrank_iters``, ``lba_iters``, ``lr``, ``rank_step``, ``train_mode``."""
-    mode, lr = ctx.option("train_mode", "layer"), ctx.option("lr", 5e-3)
+    distil each layer to its full-precision output on 512 calibration tokens
+    (``options["train_mode"] = "end_to_end"`` trains against the model output, as the released
+    code does) with 30 and 15 iterations (the paper: 900 each, AdamW lr 1e-3); ranks are
+    capped at half the layer width. Options: ``lowrank_iters``, ``lba_iters``, ``lr``,
+    ``rank_step``, ``train_mode``, ``train_tokens``."""
+    mode, lr, tok = ctx.option("train_mode", "layer"), ctx.option("lr", 5e-3), ctx.option("train_tokens", 512)
     passes = [_annotate(ctx, act_granularity="tensor", rotate=True), SwapLinears(), Observe(ctx)]
     if ctx.plan is None:
         passes.append(STCA(ctx, step=ctx.option("rank_step", 1)))
     return passes + [LowRank(), Rotate(ctx), InsertQuantizers(),
-                     TrainParams(ctx, "lowrank", ctx.option("lowrank_iters", 60), lr, mode=mode),
-                     LBA(), TrainParams(ctx, "lba", ctx.option("lba_iters", 30), lr, mode=mode)]
+                     TrainParams(ctx, "lowrank", ctx.option("lowrank_iters", 30), lr, mode=mode, max_tokens=tok),
+                     LBA(), TrainParams(ctx, "lba", ctx.option("lba_iters", 15), lr, mode=mode, max_tokens=tok)]
 
 
 @register_recipe("qdit4sr", "H-SVD (global low-rank + block rank-1, matched budget) + VaSMP weight bits",
@@ -168,16 +169,18 @@ def _passionsr(ctx):
     from SmoothQuant (``a = 0.5``) and zero shift, the shift's effect folded into the bias.
     DQC: calibration in stages for stability, first the LET parameters, then the quantizer
     bounds (as the released code does). Readings for the CPU budget: each stage distils each
-    layer to its full-precision output (``options["train_mode"] = "end_to_end"`` uses the model
-    output), 40 iterations per layer per stage. Options: ``let_iters``, ``bound_iters``,
-    ``lr``, ``act`` (``static`` / ``dynamic``: per-token ranges with learnable clipping),
-    ``train_mode``, ``alpha``."""
-    mode, lr = ctx.option("train_mode", "layer"), ctx.option("lr", 5e-3)
+    layer to its full-precision output on 512 calibration tokens
+    (``options["train_mode"] = "end_to_end"`` uses the model output), 20 iterations per layer
+    per stage. Options: ``let_iters``, ``bound_iters``, ``lr``, ``act`` (``static`` /
+    ``dynamic``: per-token ranges with learnable clipping), ``train_mode``, ``train_tokens``,
+    ``alpha``."""
+    mode, lr, tok = ctx.option("train_mode", "layer"), ctx.option("lr", 5e-3), ctx.option("train_tokens", 512)
     return [_annotate(ctx, act_granularity="tensor", act_quantizer="static", smooth_alpha=ctx.option("alpha", 0.5)),
             SwapLinears(), Observe(ctx), Smooth(),
             LearnableQuantizers(ctx, act_mode=ctx.option("act", "static"), let=True),
-            TrainParams(ctx, "let", ctx.option("let_iters", 40), lr, mode=mode, stage="dqc:let"),
-            TrainParams(ctx, "bounds", ctx.option("bound_iters", 40), lr, mode=mode, stage="dqc:bounds")]
+            TrainParams(ctx, "let", ctx.option("let_iters", 20), lr, mode=mode, stage="dqc:let", max_tokens=tok),
+            TrainParams(ctx, "bounds", ctx.option("bound_iters", 20), lr, mode=mode, stage="dqc:bounds",
+                        max_tokens=tok)]
 
 
 @register_recipe("qartsr", "learnable quantizers calibrated module by module from the output back, then end-to-end",
@@ -190,14 +193,16 @@ def _qartsr(ctx):
     parameters are updated: the learnable bounds of asymmetric quantizers (per output channel
     for weights, static per tensor for activations, as in PassionSR by the same authors; a
     *reading*). TRQ, retraining for the timestep used, is inherent here: calibration runs at
-    the one-step model's fixed timestep. Budgets: 30 layer iterations and 2 image iterations
-    per block, 4 end-to-end iterations. Options: ``module_iters``, ``image_iters``,
-    ``e2e_iters``, ``lr``, ``act`` (``static`` / ``dynamic``)."""
+    the one-step model's fixed timestep. Budgets for the CPU: 10 layer iterations (512
+    calibration tokens) and 1 image iteration per block, 2 end-to-end iterations. Options:
+    ``module_iters``, ``image_iters``, ``e2e_iters``, ``lr``, ``act`` (``static`` /
+    ``dynamic``), ``train_tokens``."""
     lr = ctx.option("lr", 1e-2)
     return [_annotate(ctx, act_granularity="tensor", act_quantizer="static"), SwapLinears(), Observe(ctx),
             LearnableQuantizers(ctx, act_mode=ctx.option("act", "static")),
-            RPQ(ctx, module_iters=ctx.option("module_iters", 30), image_iters=ctx.option("image_iters", 2), lr=lr),
-            TrainParams(ctx, "bounds", ctx.option("e2e_iters", 4), lr, mode="end_to_end", stage="extended_e2e")]
+            RPQ(ctx, module_iters=ctx.option("module_iters", 10), image_iters=ctx.option("image_iters", 1), lr=lr,
+                max_tokens=ctx.option("train_tokens", 512)),
+            TrainParams(ctx, "bounds", ctx.option("e2e_iters", 2), lr, mode="end_to_end", stage="extended_e2e")]
 
 
 @register_recipe("qvd", "SCRI channel-range integration + HTDQ quantizers for skewed features",

@@ -107,21 +107,21 @@ class LearnableActQuant(nn.Module):
 
 @torch.no_grad()
 def calibrated_input_range(m) -> tuple[float, float]:
-    """Mean over calibration calls of the min and max of the quantized path's input
-    (after smoothing and rotation), from the sampled tokens; PassionSR tracks the same
-    range as a running average over calibration batches."""
+    """Min and max over all calibration calls of the quantized path's input (after smoothing
+    and rotation), from the sampled tokens. PassionSR tracks a running average of per-batch
+    ranges; with a handful of clips the extremes generalise better to unseen clips, and the
+    bounds are trained afterwards anyway."""
     st = m.calib_stats
     if st is None or not st.samples:
         raise RuntimeError(f"{m.spec.module_path}: LBQ needs calibration samples (run Observe first)")
-    los, his = [], []
+    lo, hi = 0.0, 0.0
     for x in st.samples:
         if m.smooth is not None:
             x = x / m.smooth.float()
         if m.rot_block:
             x = rotate(x, m.rot_signs.float(), m.rot_block)
-        los.append(float(x.min()))
-        his.append(float(x.max()))
-    return min(sum(los) / len(los), 0.0), max(sum(his) / len(his), 0.0)
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    return lo, hi
 
 
 class LearnableQuantizers(PassBase):

@@ -19,6 +19,7 @@ their counterparts for a super-resolution output without learned metrics.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from lsgq_compiler.calibration import run_batches
 
 from .infra import PassBase, PassContext, PassResult, quant_nodes
+from .train_params import train_deadline
 
 
 def _temporal(y: torch.Tensor, r: torch.Tensor) -> float | None:
@@ -62,8 +64,8 @@ class MetricDecoupledSensitivity(PassBase):
     """Set ``spec.sensitivity`` by metric-decoupled one-layer-at-a-time errors.
 
     Needs the quantizers attached (after InsertQuantizers) and Observe's full-precision
-    outputs. Skipped (sensitivities left unset, noted) when ``skip`` is true, e.g. when no
-    allocation is possible at the requested width.
+    outputs. Costs one forward per layer and batch; when ``config.time_budget_s`` runs out,
+    the layers not yet measured get the median score (noted in ``ctx.notes``).
 
     Args:
         metrics: names from :data:`METRICS`.
@@ -71,18 +73,15 @@ class MetricDecoupledSensitivity(PassBase):
     """
 
     def __init__(self, ctx: PassContext, metrics: tuple[str, ...] = ("fidelity", "temporal", "detail"),
-                 batches: int = 1, skip: bool = False) -> None:
+                 batches: int = 1) -> None:
         super().__init__()
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; use some of {sorted(METRICS)}")
-        self.ctx, self.metrics, self.batches, self.skip = ctx, metrics, batches, skip
+        self.ctx, self.metrics, self.batches = ctx, metrics, batches
 
     @torch.no_grad()
     def call(self, gm: fx.GraphModule) -> PassResult:
-        if self.skip:
-            self.ctx.notes["metric_sensitivity"] = "skipped: no mixed precision possible at this width"
-            return PassResult(gm, False)
         if self.ctx.fp_outputs is None:
             raise RuntimeError("MetricDecoupledSensitivity needs the full-precision outputs: run Observe first")
         batches = self.ctx.calib[: self.batches]
@@ -90,10 +89,13 @@ class MetricDecoupledSensitivity(PassBase):
         mods = [m for _, m in quant_nodes(gm) if m.wq is not None or m.aq is not None]
         saved = {id(m): (m.wq, m.aq) for m in mods}
         scores: dict[str, dict[str, float]] = {met: {} for met in self.metrics}
+        deadline = train_deadline(self.ctx)
         for m in mods:
             m.wq = m.aq = None
         try:
             for m in tqdm(mods, desc="metric sensitivity", disable=not self.ctx.progress, leave=False):
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
                 m.wq, m.aq = saved[id(m)]
                 m._wcache = None
                 outs = run_batches(gm, batches, progress=False)
@@ -107,10 +109,16 @@ class MetricDecoupledSensitivity(PassBase):
                 m.wq, m.aq = saved[id(m)]
                 m._wcache = None
         scores = {met: s for met, s in scores.items() if s}
-        sens = decouple(scores)
+        measured = [m.spec.module_path for m in mods if all(m.spec.module_path in s for s in scores.values())]
+        for met, s in scores.items():  # out of time: unmeasured layers get the median
+            med = float(torch.tensor(list(s.values())).median()) if s else 0.0
+            for m in mods:
+                s.setdefault(m.spec.module_path, med)
+        sens = decouple(scores) if scores else {m.spec.module_path: 1.0 for m in mods}
         for m in mods:
             k = m.spec.module_path
             m.spec.sensitivity = float(f"{sens[k]:.6g}")
             m.spec.extra["metric_scores"] = {met: float(f"{scores[met][k]:.6g}") for met in scores}
-        self.ctx.notes["metric_sensitivity"] = {"metrics": sorted(scores), "batches": len(batches)}
+        self.ctx.notes["metric_sensitivity"] = {"metrics": sorted(scores), "batches": len(batches),
+                                                "measured": len(measured), "layers": len(mods)}
         return PassResult(gm, False)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lsgq_compiler.hadamard import rotate
 from lsgq_compiler.quant import quantize_dequantize
 
 from .infra import PassBase, PassContext, PassResult, quant_nodes
@@ -70,6 +71,7 @@ class SCRI(PassBase):
         super().__init__()
         self.ctx, self.betas = ctx, betas
 
+    @torch.no_grad()
     def call(self, gm: fx.GraphModule) -> PassResult:
         for _, m in quant_nodes(gm):
             s = m.spec
@@ -154,6 +156,7 @@ class HTDQ(PassBase):
         super().__init__()
         self.ctx, self.skew_threshold, self.rhos = ctx, skew_threshold, rhos
 
+    @torch.no_grad()
     def call(self, gm: fx.GraphModule) -> PassResult:
         counts = {"temporal": 0, "skewed": 0}
         for _, m in quant_nodes(gm):
@@ -189,8 +192,6 @@ class HTDQ(PassBase):
     @staticmethod
     def _quant_input(m, x: torch.Tensor) -> torch.Tensor:
         """The quantized path's input for a raw layer input ``x`` (smoothing, rotation)."""
-        from lsgq_compiler.hadamard import rotate
-
         if m.smooth is not None:
             x = x / m.smooth.float()
         if m.rot_block:

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from lsgq_compiler.train import train_end_to_end, train_layer
 
 from .infra import PassBase, PassContext, PassResult, quant_nodes
-from .train_params import group_params, relative_lrs, restore_trainable, set_trainable, train_deadline
+from .train_params import (group_params, layer_training, relative_lrs, restore_trainable, set_trainable,
+                           train_deadline)
 
 _BLOCK = re.compile(r"^(.*?blocks?\.\d+)\.")
 
@@ -46,12 +47,14 @@ class RPQ(PassBase):
         image_iters: end-to-end (image loss) iterations per module.
         lr: learning rate relative to each parameter's scale.
         groups: parameter groups trained (default: quantizer bounds only).
+        max_tokens: calibration tokens per layer for the module loss.
     """
 
     def __init__(self, ctx: PassContext, module_iters: int = 30, image_iters: int = 2, lr: float = 1e-2,
-                 groups: tuple[str, ...] = ("bounds",)) -> None:
+                 groups: tuple[str, ...] = ("bounds",), max_tokens: int | None = 1024) -> None:
         super().__init__()
         self.ctx, self.module_iters, self.image_iters, self.lr, self.groups = ctx, module_iters, image_iters, lr, groups
+        self.max_tokens = max_tokens
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         if self.ctx.fp_outputs is None:
@@ -93,7 +96,9 @@ class RPQ(PassBase):
         for m, n in named:  # module loss
             saved = set_trainable(gm, {id(p) for _, p in n})
             try:
-                train_layer(m, [p for _, p in n], self.module_iters, relative_lrs(m, n, self.lr), deadline=deadline)
+                with layer_training(m, self.max_tokens):
+                    train_layer(m, [p for _, p in n], self.module_iters, relative_lrs(m, n, self.lr),
+                                deadline=deadline)
             finally:
                 restore_trainable(gm, saved)
         if self.image_iters <= 0:

@@ -24,8 +24,10 @@ at zero (``lba``, ``let_shift``) take the scale of the layer's output or input i
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,51 @@ def set_trainable(gm: nn.Module, trainable: set[int]) -> list[tuple[nn.Parameter
     return saved
 
 
+@contextlib.contextmanager
+def fp_reference(m: QuantLinear) -> Iterator[None]:
+    """Layer-wise targets from the layer's *original* full-precision weight.
+
+    :func:`~lsgq_compiler.train.train_layer` distils to ``X effective_weight()^T + b``, and
+    ``effective_weight()`` moves once a stage has trained ``W_R`` or the low-rank factors
+    (``W_R + L_up L_down`` no longer equals ``W``). A later stage (QuantVSR's LBA after its
+    branch refinement) must still aim at the original layer, so the first training stage
+    records it and every stage reads it while it trains.
+    """
+    ref = m.__dict__.setdefault("_fp_reference", m.effective_weight().detach().clone())
+    m.effective_weight = lambda: ref  # instance attribute shadows the method while training
+    try:
+        yield
+    finally:
+        del m.effective_weight
+
+
+@contextlib.contextmanager
+def token_subset(m: QuantLinear, max_tokens: int | None) -> Iterator[None]:
+    """Train on at most ``max_tokens`` of the sampled calibration tokens, evenly spaced in
+    each clip (every frame is represented), as one batch: a layer-wise step then costs one
+    O(tokens N K) product and one weight fake-quantization, instead of one per clip. (A
+    per-tensor dynamic activation range is then taken over the batch, not per clip.)"""
+    st = m.calib_stats
+    if not max_tokens or st is None or not st.samples:
+        yield
+        return
+    per = max(1, max_tokens // len(st.samples))
+    view = copy.copy(st)
+    view.samples = [torch.cat([x[torch.linspace(0, x.shape[0] - 1, min(per, x.shape[0])).round().long()]
+                               for x in st.samples])]
+    m.calib_stats = view
+    try:
+        yield
+    finally:
+        m.calib_stats = st
+
+
+@contextlib.contextmanager
+def layer_training(m: QuantLinear, max_tokens: int | None) -> Iterator[None]:
+    with fp_reference(m), token_subset(m, max_tokens):
+        yield
+
+
 def restore_trainable(gm: nn.Module, saved: list[tuple[nn.Parameter, bool]]) -> None:
     for p, flag in saved:
         p.requires_grad_(flag)
@@ -116,11 +163,14 @@ class TrainParams(PassBase):
         lr: learning rate relative to each tensor's scale.
         mode: ``"layer"`` or ``"end_to_end"``.
         converge: layer mode: stop a layer early once its loss stalls.
+        max_tokens: layer mode: calibration tokens per layer used for training (None: all
+            that Observe sampled, 512 per clip).
         stage: name recorded in ``spec.extra`` and ``ctx.notes`` (default: the groups).
     """
 
     def __init__(self, ctx: PassContext, groups: tuple[str, ...] | str, iters: int, lr: float = 5e-3,
-                 mode: str = "layer", converge: bool = False, stage: str | None = None) -> None:
+                 mode: str = "layer", converge: bool = False, stage: str | None = None,
+                 max_tokens: int | None = 1024) -> None:
         super().__init__()
         if mode not in ("layer", "end_to_end"):
             raise ValueError(f"unknown training mode {mode!r}; use 'layer' or 'end_to_end'")
@@ -128,7 +178,7 @@ class TrainParams(PassBase):
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown:
             raise ValueError(f"unknown parameter groups {unknown}; use some of {sorted(GROUPS)}")
-        self.iters, self.lr, self.mode, self.converge = int(iters), lr, mode, converge
+        self.iters, self.lr, self.mode, self.converge, self.max_tokens = int(iters), lr, mode, converge, max_tokens
         self.stage = stage or "+".join(self.groups)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
@@ -157,8 +207,9 @@ class TrainParams(PassBase):
                 continue
             saved = set_trainable(gm, {id(p) for _, p in named})
             try:
-                res = train_layer(m, [p for _, p in named], self.iters, relative_lrs(m, named, self.lr),
-                                  converge=self.converge, deadline=deadline)
+                with layer_training(m, self.max_tokens):
+                    res = train_layer(m, [p for _, p in named], self.iters, relative_lrs(m, named, self.lr),
+                                      converge=self.converge, deadline=deadline)
             finally:
                 restore_trainable(gm, saved)
             m.spec.extra[f"train:{self.stage}"] = {k: round(v, 6) if isinstance(v, float) else v

@@ -12,7 +12,7 @@ from lsgq_compiler.metrics import sqnr
 from lsgq_compiler.recipes import RECIPES
 
 ZOO = ("smoothquant", "quarot", "svdquant", "viditq", "quantvsr", "qdit4sr", "passionsr", "qartsr", "qvd")
-# training budgets cut down so the whole matrix runs in seconds; the defaults are tested elsewhere
+# training budgets cut down so that the whole matrix runs in seconds
 FAST = {"quantvsr": {"lowrank_iters": 4, "lba_iters": 4}, "passionsr": {"let_iters": 4, "bound_iters": 4},
         "qartsr": {"module_iters": 3, "image_iters": 1, "e2e_iters": 1}}
 W8A8_MIN_SQNR_DB = 30.0

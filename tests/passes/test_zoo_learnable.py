@@ -56,6 +56,15 @@ def test_lba_stage_trains_only_the_bias_alignment(wan):
         assert float((qm(**inp) - ref).norm() / ref.norm()) < 1e-5
 
 
+def test_later_stages_aim_at_the_original_layer(wan):
+    """After the low-rank refinement, W_R + L_up L_down no longer equals W; LBA must still be
+    distilled to the original layer, so it starts where the refinement ended."""
+    qm = _compile(wan, "quantvsr", lowrank_iters=8, lba_iters=2)
+    for s in qm.plan.quantized_layers():
+        assert s.extra["train:lba"]["loss_before"] == pytest.approx(s.extra["train:lowrank"]["loss_after"], rel=0.02)
+        assert s.extra["train:lowrank"]["loss_after"] < s.extra["train:lowrank"]["loss_before"]
+
+
 def test_lbq_bounds_change_during_training_and_weights_do_not(wan):
     qm = _compile(wan, "passionsr", let_iters=0, bound_iters=0)
     mods = [m for m in qm.quant_linears().values() if m.spec.quantized]
