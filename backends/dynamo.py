@@ -20,6 +20,7 @@ Options (``options={...}`` of ``torch.compile``):
 """
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from pathlib import Path
@@ -76,7 +77,7 @@ def dynamo_linears(gm: fx.GraphModule, example_inputs: list) -> list[tuple[fx.No
 
 def _plan_from(opt) -> Plan:
     if isinstance(opt, Plan):
-        return opt
+        return copy.deepcopy(opt)  # passes record notes in the specs: never in the caller's plan
     if isinstance(opt, dict):
         return Plan.from_dict(opt)
     if isinstance(opt, (str, Path)):
@@ -93,7 +94,7 @@ class _FrozenFakeQuant(nn.Module):
         with torch.no_grad():
             self.register_buffer("weight", layer.quantized_weight().detach().clone())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
-        self.aq = layer.aq
+        self.aq = copy.deepcopy(layer.aq)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.aq(x) if self.aq is not None else x, self.weight, self.bias)

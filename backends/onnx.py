@@ -6,9 +6,16 @@ Each quantized linear becomes a torch custom op (``lsgq_onnx::*``) with a refere
 implementation (so the lowered torch model runs the export's semantics) and an ONNX
 translation (``custom_translation_table`` of ``torch.onnx.export(dynamo=True)``):
 
-- **W8A8, dynamic** (default ``act="dynamic"``): ``DynamicQuantizeLinear`` (uint8, per
-  tensor) -> ``MatMulInteger`` with int8 per-channel weights -> rescale + bias. ORT fuses it
-  into ``DynamicQuantizeMatMul`` (integer GEMM).
+- **W8A8, per tensor** (default ``act="tensor"``): ``DynamicQuantizeLinear`` (uint8, per
+  tensor) -> ``MatMulInteger`` with int8 symmetric per-channel weights; ORT fuses it into
+  ``DynamicQuantizeMatMul``. Fastest; per-tensor activations deviate from a per-token plan.
+- **W8A8, per token** (``act="token"``): the plan's own dynamic activation quantizer (per
+  token, asymmetric or symmetric) written as ONNX arithmetic, giving uint8 codes, and the
+  plan's own weight codes shifted into int8 with a per-column zero point: ``MatMulInteger``
+  (integer GEMM) plus an exact zero-point correction. The torch fake-quant model's numbers,
+  but ORT runs the quantization and the per-token epilogue as separate elementwise ops
+  (no fused kernel, and ``MatMulInteger`` takes no per-row zero point), which costs more
+  than the int8 GEMM saves at DOVE-like widths on CPU.
 - **W8A8, static** (``act="static"``): QDQ with calibrated uint8 per-tensor input and
   output, int8 per-channel weights and an int32 bias (scale ``s_x s_w``): ORT fuses
   ``DQ -> MatMul -> Add -> Q`` into ``QGemm``.
@@ -19,8 +26,9 @@ translation (``custom_translation_table`` of ``torch.onnx.export(dynamo=True)``)
   ops (identical to the torch model) and ``DequantizeLinear`` of the weight codes: a
   simulation, reported as ``real_kernel: False``.
 
-Per-token dynamic activation quantization has no fused ORT kernel, hence per-tensor
-activations in the 8-bit paths (a deviation from a per-token plan, in each layer's note).
+Per-token dynamic activation quantization has no fused ORT kernel: ``token`` spells it out;
+``tensor`` and ``static`` trade exactness for per-tensor activations (a deviation from a
+per-token plan, stated in each layer's note).
 """
 from __future__ import annotations
 
@@ -42,6 +50,7 @@ from lsgq_compiler.quant import quantize_to_int
 from .common import full_precision_info, lower_layers
 
 OPSET = 21
+ACT_MODES = ("tensor", "token", "static")
 INTEGER_OPS = ("QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
                "MatMulIntegerToFloat", "MatMulNBits", "QLinearConv")
 
@@ -60,6 +69,37 @@ def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tenso
 @int8_dynamic_linear.register_fake
 def _(x, w_q, w_scale, bias):
     return x.new_empty(*x.shape[:-1], w_q.shape[1])
+
+
+@torch.library.custom_op("lsgq_onnx::int8_token_linear", mutates_args=())
+def int8_token_linear(x: torch.Tensor, w8: torch.Tensor, w_zero: torch.Tensor, w_colsum: torch.Tensor,
+                      w_scale: torch.Tensor, bias: torch.Tensor, act_symmetric: bool) -> torch.Tensor:
+    """Per-token dynamic 8-bit activations (the fake quantizer's formula), int8 weight codes.
+
+    ``w8: (K, N)`` int8 with per-column zero point ``w_zero: (N,)`` (the plan's codes shifted by
+    -128 when asymmetric), ``w_colsum[n] = sum_k (w8 - w_zero)[k, n]``. With ``u`` the uint8
+    activation codes and ``zu`` their zero point: ``Y = (u (w8 - w_zero) - zu w_colsum) s w_scale + b``.
+    """
+    u, zu, s = _token_codes(x, act_symmetric)
+    acc = u @ (w8.float() - w_zero.float())
+    return (acc - zu * w_colsum) * (s * w_scale) + bias
+
+
+def _token_codes(x: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``compute_qparams``/``fake_quantize`` of :mod:`lsgq_compiler.quant` per token at 8 bits, as
+    unsigned codes ``u`` (float) with zero point ``zu`` and scale ``s`` (``(..., 1)`` each)."""
+    if symmetric:
+        s = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-8)
+        return torch.clamp(torch.round(x / s), -128, 127) + 128, torch.full_like(s, 128.0), s
+    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    s = ((hi - lo) / 255).clamp_min(1e-8)
+    z = torch.clamp(-torch.round(lo / s), 0, 255)
+    return torch.clamp(torch.round(x / s) + z, 0, 255), z, s
+
+
+@int8_token_linear.register_fake
+def _(x, w8, w_zero, w_colsum, w_scale, bias, act_symmetric):
+    return x.new_empty(*x.shape[:-1], w8.shape[1])
 
 
 @torch.library.custom_op("lsgq_onnx::int8_static_linear", mutates_args=())
@@ -104,6 +144,26 @@ def _translations() -> dict:
         acc = op.Cast(op.MatMulInteger(xq, w_q, z), to=TensorProto.FLOAT)
         return op.Add(op.Mul(acc, op.Mul(s, w_scale)), bias)
 
+    def int8_token(x, w8, w_zero, w_colsum, w_scale, bias, act_symmetric: bool):
+        eps = op.Constant(value_float=1e-8)
+        if act_symmetric:
+            s = op.Max(op.Div(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1),
+                              op.Constant(value_float=127.0)), eps)
+            q = op.Clip(op.Round(op.Div(x, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0))
+            zu = op.Constant(value_float=128.0)
+            u = op.Add(q, zu)
+        else:
+            zero, top = op.Constant(value_float=0.0), op.Constant(value_float=255.0)
+            axes = op.Constant(value_ints=[-1])
+            lo = op.Min(op.ReduceMin(x, axes, keepdims=1), zero)
+            hi = op.Max(op.ReduceMax(x, axes, keepdims=1), zero)
+            s = op.Max(op.Div(op.Sub(hi, lo), top), eps)
+            zu = op.Clip(op.Neg(op.Round(op.Div(lo, s))), zero, top)
+            u = op.Clip(op.Add(op.Round(op.Div(x, s)), zu), zero, top)
+        acc = op.Cast(op.MatMulInteger(op.Cast(u, to=TensorProto.UINT8), w8, None, w_zero), to=TensorProto.FLOAT)
+        y = op.Mul(op.Sub(acc, op.Mul(zu, w_colsum)), op.Mul(s, w_scale))
+        return op.Add(y, bias)
+
     def int8_static(x, x_scale, x_zero, w_q, w_scale, w_zero, bias_q, bias_scale, bias_zero, y_scale, y_zero):
         k = op.Shape(x, start=-1)
         x2 = op.Reshape(x, op.Concat(op.Constant(value_ints=[-1]), k, axis=0))
@@ -122,8 +182,8 @@ def _translations() -> dict:
         return op.Add(op.MatMul(x, w), bias)
 
     ops = torch.ops.lsgq_onnx
-    return {ops.int8_dynamic_linear.default: int8_dynamic, ops.int8_static_linear.default: int8_static,
-            ops.dq_linear.default: dq}
+    return {ops.int8_dynamic_linear.default: int8_dynamic, ops.int8_token_linear.default: int8_token,
+            ops.int8_static_linear.default: int8_static, ops.dq_linear.default: dq}
 
 
 # ----------------------------------------------------------------------------- cores
@@ -135,6 +195,29 @@ def _int8_rows(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per output channel: ``(w_q (K, N) int8, w_scale (N,))``."""
     q, scale, _ = quantize_to_int(layer.weight.detach().float(), 8, True, "row")
     return q.t().contiguous(), scale.reshape(-1)
+
+
+class TokenInt8Core(nn.Module):
+    """The plan's per-token activations and per-row weight codes on ``MatMulInteger``."""
+
+    def __init__(self, layer: QuantLinear) -> None:
+        super().__init__()
+        s, w = layer.spec, layer.weight.detach().float()
+        if s.weight_bits:
+            q, scale, zero = quantize_to_int(w, s.weight_bits, s.weight_symmetric, "row")
+            shift = 0 if s.weight_symmetric else 128  # asymmetric codes [0, 2^b - 1] -> int8
+            w8, wz = q.to(torch.int16) - shift, zero.reshape(-1) - shift
+        else:
+            raise ValueError(f"{s.module_path}: TokenInt8Core needs quantized weights")
+        self.register_buffer("w8", w8.to(torch.int8).t().contiguous())
+        self.register_buffer("w_zero", wz.to(torch.int8))
+        self.register_buffer("w_colsum", (w8.float() - wz[:, None]).sum(1))
+        self.register_buffer("w_scale", scale.reshape(-1).float())
+        self.register_buffer("bias", _bias(layer))
+        self.act_symmetric = bool(s.act_symmetric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_token_linear(x, self.w8, self.w_zero, self.w_colsum, self.w_scale, self.bias, self.act_symmetric)
 
 
 class DynamicInt8Core(nn.Module):
@@ -263,19 +346,20 @@ def _w4_block(layer: QuantLinear, w4_block: int | None) -> int | None:
     return w4_block
 
 
-def lower_onnx(qm: QuantizedModel, act: str = "dynamic", w4_block: int | None = 128,
+def lower_onnx(qm: QuantizedModel, act: str = "tensor", w4_block: int | None = 128,
                calib_data: Iterable[Any] | None = None, example_inputs: Any = None) -> QuantizedModel:
     """A copy of ``qm`` with every linear in its ONNX-export form (a torch model with the
     exported graph's semantics: run it to check ORT parity, or pass it to :func:`export_onnx`).
 
     Args:
-        act: 8-bit activations ``"dynamic"`` (per tensor, per call) or ``"static"`` (per tensor,
-            from calibration on ``calib_data``, or on ``example_inputs`` with a warning).
+        act: 8-bit activations ``"tensor"`` (per tensor, per call), ``"token"`` (the plan's
+            per-token quantizer, exact but slower) or ``"static"`` (per tensor, from calibration on
+            ``calib_data``, or on ``example_inputs`` with a warning).
         w4_block: block size for 4-bit weights (with 8- or 16-bit activations) whose plan
             block ORT cannot fuse (per-row weights with K not a power of two); None keeps them.
     """
-    if act not in ("dynamic", "static"):
-        raise user_error(f"act={act!r} is not an ONNX activation mode", "use act='dynamic' or act='static'")
+    if act not in ACT_MODES:
+        raise user_error(f"act={act!r} is not an ONNX activation mode", f"use one of {ACT_MODES}")
 
     def make_core(layer: QuantLinear):
         s = layer.spec
@@ -283,10 +367,14 @@ def lower_onnx(qm: QuantizedModel, act: str = "dynamic", w4_block: int | None = 
             return None, full_precision_info("onnxruntime", "MatMul/Gemm (float)")
         w, a, mode = s.weight_bits, s.act_bits, s.act_quantizer
         plain_act = mode in ("dynamic", "static") and s.act_granularity in ("token", "tensor")
+        if (w == 8 and a == 8 and act == "token" and mode == "dynamic" and s.act_granularity == "token"
+                and s.weight_granularity == "row"):
+            return TokenInt8Core(layer), _info("MatMulInteger (uint8 x int8, per-token codes)", True,
+                                               "the plan's quantizers exactly: per-token activations, per-row weights")
         if w == 8 and a == 8 and plain_act:
             note = "activations uint8 per tensor" + (" (plan: per token)" if s.act_granularity == "token" else "")
             note += "; weights int8 symmetric per channel"
-            if act == "dynamic":
+            if act in ("token", "tensor"):
                 return DynamicInt8Core(layer), _info("DynamicQuantizeLinear + MatMulInteger (DynamicQuantizeMatMul)",
                                                      True, note)
             return StaticInt8Core(layer), _info("QDQ -> QGemm", True, note + "; static ranges, output requantized")
@@ -355,6 +443,9 @@ def _export(model: nn.Module, path: Path, example_inputs: Any, opset: int, table
         prog = torch.onnx.export(_Forward(model), args, kwargs=kwargs, dynamo=True, opset_version=opset,
                                  custom_translation_table=table, verbose=False)
     proto = fold_lowbit_casts(prog.model_proto)
+    for n in proto.graph.node:  # the exporter's per-node stack traces: text larger than a small model
+        del n.metadata_props[:]
+        n.doc_string = ""
     onnx.save(proto, str(path))
     return path
 
@@ -388,7 +479,7 @@ def fold_lowbit_casts(proto):
     return proto
 
 
-def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, act: str = "dynamic",
+def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, act: str = "tensor",
                 w4_block: int | None = 128, calib_data: Iterable[Any] | None = None, opset: int = OPSET,
                 check: bool = True) -> Path:
     """Write ``qm`` as an ONNX model whose quantized linears onnxruntime runs on integer kernels.
@@ -397,8 +488,10 @@ def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, ac
         qm: a QuantizedModel from :func:`~lsgq_compiler.compile_quantized` (not modified).
         path: the ``.onnx`` file to write.
         example_inputs: inputs shaped as at compile time (tuple, dict or tensor).
-        act: 8-bit activation quantization, ``"dynamic"`` (per tensor, per call:
-            ``DynamicQuantizeMatMul``) or ``"static"`` (calibrated per tensor: ``QGemm``).
+        act: 8-bit activation quantization: ``"tensor"`` (per tensor, per call:
+            ``DynamicQuantizeMatMul``), ``"token"`` (the plan's per-token quantizer on
+            ``MatMulInteger``: the torch model's numbers, slower) or ``"static"`` (calibrated per
+            tensor: ``QGemm``).
         w4_block: block size for 4-bit weights whose plan block ORT cannot fuse into MatMulNBits.
         calib_data: calibration batches for ``act="static"``.
         opset: ONNX opset (>= 21: blocked 4-bit DequantizeLinear).
@@ -488,8 +581,9 @@ def add_export_onnx_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--artifact", default=None, help="a folder written by save_quantized (else: compile now)")
     p.add_argument("--recipe", default="minmax")
     p.add_argument("--bits", default="8", help="weight bits, or W/A as '4/8' (default 8 = W8A8)")
-    p.add_argument("--act", choices=("dynamic", "static"), default="dynamic",
-                   help="8-bit activations: per-tensor dynamic (default) or static from calibration")
+    p.add_argument("--act", choices=ACT_MODES, default="tensor",
+                   help="8-bit activations: per-tensor dynamic (default, fastest), the plan's per-token "
+                        "quantizer (exact, slower), or per-tensor static from calibration")
     p.add_argument("--w4-block", type=int, default=128)
     p.add_argument("--frames", type=int, default=8, help="LQ clip frames (default 8)")
     p.add_argument("--size", type=int, default=32, help="LQ clip height = width (default 32: 128x128 output)")

@@ -23,7 +23,7 @@ def wan():
 
 @pytest.fixture(scope="module")
 def mixed(wan, tmp_path_factory):
-    """One export covering W8A8 (dynamic), W4A16, W4A8, W4A4, W6A6 and FP layers."""
+    """One export covering W8A8 (per-tensor dynamic), W4A16, W4A8, W4A4, W6A6 and FP layers."""
     m, inp = wan
     cfg = QuantConfig(weight_bits=8, act_bits=8)
     plan = copy.deepcopy(compile_quantized(m, inp, cfg, calib_data=[inp], progress=False).plan)
@@ -31,7 +31,7 @@ def mixed(wan, tmp_path_factory):
         plan.layers[path].weight_bits, plan.layers[path].act_bits = w, a
     qm = compile_quantized(m, inp, cfg, calib_data=[inp], plan=plan, progress=False)
     d = tmp_path_factory.mktemp("onnx")
-    lowered = lower_onnx(qm)
+    lowered = lower_onnx(qm, act="tensor")
     path = export_lowered(lowered, d / "mixed.onnx", inp)
     return qm, lowered, path, d
 
@@ -78,6 +78,18 @@ def test_w4_weights_are_packed_in_the_file(mixed):
     assert sum(1 for t in types.values() if t == onnx.TensorProto.UINT4) >= 2 * 4  # codes + zero points
     assert not any(n.op_type == "Cast" and any(a.i == onnx.TensorProto.UINT4 for a in n.attribute)
                    for n in model.graph.node)
+
+
+def test_per_token_export_reproduces_the_torch_quantized_model(wan, tmp_path):
+    m, inp = wan
+    qm = compile_quantized(m, inp, QuantConfig(weight_bits=8, act_bits=8), calib_data=[inp], progress=False)
+    path = export_onnx(qm, tmp_path / "token.onnx", inp, act="token")
+    opt = tmp_path / "token.opt.onnx"
+    y = _run(path, inp, optimized_path=opt)
+    n_w8a8 = sum(1 for s in qm.plan.layers.values() if s.fmt == "W8A8")
+    assert op_counts(opt).get("MatMulInteger", 0) == n_w8a8
+    with torch.no_grad():
+        assert sqnr(qm(**inp), y) >= 60.0  # the plan's quantizers, computed on integers
 
 
 def test_static_qdq_fuses_to_qgemm(wan, tmp_path):
