@@ -83,7 +83,7 @@ def _lsgquant(ctx):
         if share > 0:
             passes.append(AssignRanks(share=share))
     passes += [LowRank(), Rotate(ctx), InsertQuantizers(),
-               VOLTS(ctx, light_iters=opt("light_iters", 30), full_iters=opt("full_iters", 300),
+               VOLTS(ctx, light_iters=opt("light_iters", 30), full_iters=opt("full_iters", 100),
                      mode=opt("volts", "tiered")),
                QAO(ctx, lr=opt("lr", 5e-3))]
     return passes

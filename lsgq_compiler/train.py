@@ -45,6 +45,8 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
     with torch.no_grad():
         w_fp = m.effective_weight().float()
         xs = [x.to(device=m.weight.device, dtype=m.weight.dtype) for x in st.samples]
+        if len({x.shape for x in xs}) == 1:  # one (calls, tokens, K) batch: per-call quantizer semantics kept
+            xs = [torch.stack(xs)]
         targets = [F.linear(x, w_fp.to(x.dtype), m.bias) for x in xs]
         before = float(layer_loss(m, xs, targets))
     best, best_state, stale, it = before, [p.detach().clone() for p in params], 0, 0

@@ -42,17 +42,23 @@ def score_qerror(m: QuantLinear, st: InputStats) -> float:
     w = m.effective_weight().float()
     wq = quantize_dequantize(w, s.weight_bits, s.weight_symmetric, s.weight_granularity, s.group_size) \
         if s.weight_bits else w
+    if not st.samples:
+        return 0.0
+    if len({x.shape for x in st.samples}) == 1:
+        xs, amaxes = [torch.stack(st.samples)], [torch.stack(st.call_absmax)[:, None, :]]  # (calls, T, K)
+    else:
+        xs, amaxes = st.samples, st.call_absmax
     err = 0.0
-    for x, amax in zip(st.samples, st.call_absmax):
-        x, amax = x.to(w.device), amax.to(w.device)
+    for x, amax in zip(xs, amaxes):
+        x, amax = x.to(w.device), amax.to(w.device).float()
         if s.act_bits is None:
             xq = x
         elif s.act_quantizer.startswith("draq"):
-            xq = draq(x, s.act_bits, amax.float())
+            xq = draq(x, s.act_bits, amax)  # the call's true channel range, not the sample's
         else:
             xq = quantize_dequantize(x, s.act_bits, s.act_symmetric, s.act_granularity)
-        err += float((F.linear(xq, wq) - F.linear(x, w)).pow(2).mean())
-    return err / max(len(st.samples), 1)
+        err += float((F.linear(xq, wq) - F.linear(x, w)).pow(2).mean()) * x.shape[0]
+    return err / len(st.samples)
 
 
 def score_range(m: QuantLinear, st: InputStats) -> float:
