@@ -213,7 +213,14 @@ def run_speed(args, device: str) -> dict:
     base, inputs, tokens = build(args.model, args.small, device)
     n_params = sum(p.numel() for p in base.parameters())
     with torch.no_grad():
-        ref = base(**inputs, return_dict=False)[0].float()
+        ref = base(**inputs, return_dict=False)[0].float()  # bf16 eager
+        fp32 = build(args.model, args.small, device)[0].float()
+        ref32 = fp32(**{k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inputs.items()},
+                     return_dict=False)[0].float()
+        del fp32
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     variants = [("bf16", None, False), ("attn-int8", None, True), ("w8a8-fp8", "fp8", False),
                 ("w8a8-fp8+attn-int8", "fp8", True), ("w8a8-int8", "int8", False), ("w4a8", "w4a8", False)]
     if args.variants:
@@ -240,13 +247,15 @@ def run_speed(args, device: str) -> dict:
             wbytes = {"fp8": 1, "int8": 1, "w4a8": 0.5}.get(qkind, 2)
             r = {"median_ms": round(sorted(ms)[len(ms) // 2], 2), "all_ms": [round(t, 2) for t in ms],
                  "compile_s": round(compile_s, 1), "sqnr_vs_bf16_db": round(sqnr(ref, out), 2),
+                 "sqnr_vs_fp32_db": round(sqnr(ref32, out), 2),
                  "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
                  "checkpoint_bytes": checkpoint_bytes(model, wbytes, 128 if qkind == "w4a8" else None),
                  "op_ms": ops, "linears": qkind or "bf16", "attention": "int8 Q.K^T / fp16 P.V" if attn else "sdpa bf16"}
             if qkind:
                 r["layer_sqnr_db"] = layer_fidelity(base, model, inputs)
             results[tag] = r
-            print(f"{tag:22s} {r['median_ms']:9.2f} ms  sqnr {r['sqnr_vs_bf16_db']:6.2f} dB  ops {ops}", flush=True)
+            print(f"{tag:22s} {r['median_ms']:9.2f} ms  sqnr {r['sqnr_vs_bf16_db']:6.2f} dB (fp32: "
+                  f"{r['sqnr_vs_fp32_db']:.2f})  ops {ops}", flush=True)
             if qkind:
                 del model
         except Exception as e:  # a variant without a kernel here: say so, keep going

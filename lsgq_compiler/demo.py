@@ -24,7 +24,10 @@ def run_demo(out: str | Path = "demo_out", frames: int = 8, quick: bool = False)
     best = "lsgquant" if "lsgquant" in RECIPES else "minmax"
     print(f"[demo] shipped model: tiny one-step VSR (diffusers WanTransformer3DModel); best recipe: {best}")
     runner = VSRRunner(frames=frames)
-    configs = [QuantConfig(recipe=best, weight_bits=4, act_bits=4), QuantConfig(recipe=best, weight_bits=8, act_bits=8)]
+    # training budgets sized so the whole demo stays within minutes on 2 CPU cores
+    budget = 60.0 if quick else 150.0
+    configs = [QuantConfig(recipe=best, weight_bits=4, act_bits=4, time_budget_s=budget),
+               QuantConfig(recipe=best, weight_bits=8, act_bits=8, time_budget_s=budget / 3)]
     if best != "minmax":
         configs.append(QuantConfig(recipe="minmax", weight_bits=4, act_bits=4))
     variants = quantize_all(runner, configs)
