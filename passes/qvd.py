@@ -51,12 +51,15 @@ def scri_scale(absmax: torch.Tensor, beta: float) -> torch.Tensor:
     return (r / r.log().mean().exp()).pow(beta).clamp(1e-4, 1e4)
 
 
-def _layer_error(m, xs: list[torch.Tensor], x_transform, wq: torch.Tensor, aq) -> float:
-    w = m.effective_weight().float()
-    err = 0.0
-    for x in xs:
-        err += float((F.linear(aq(x_transform(x)), wq) - F.linear(x, w)).pow(2).mean())
-    return err / len(xs)
+def search_tokens(xs: list[torch.Tensor], per_call: int = 128) -> list[torch.Tensor]:
+    """Evenly spaced tokens of each calibration call (every frame represented): the searches
+    below compare candidates on the same few hundred tokens instead of all sampled ones."""
+    return [x[torch.linspace(0, x.shape[0] - 1, min(per_call, x.shape[0])).round().long()] for x in xs]
+
+
+def _layer_error(xs: list[torch.Tensor], refs: list[torch.Tensor], x_transform, wq: torch.Tensor, aq) -> float:
+    """Mean squared error of ``aq(x_transform(x)) wq^T`` against the full-precision ``refs``."""
+    return sum(float((F.linear(aq(x_transform(x)), wq) - r).pow(2).mean()) for x, r in zip(xs, refs)) / len(xs)
 
 
 class SCRI(PassBase):
@@ -81,6 +84,8 @@ class SCRI(PassBase):
             if st is None or not st.samples:
                 raise RuntimeError(f"{s.module_path}: SCRI needs calibration statistics (run Observe first)")
             w = m.weight.detach().float()
+            xs = search_tokens(st.samples)
+            refs = [F.linear(x, m.effective_weight().float()) for x in xs]
 
             def aq(x):
                 return quantize_dequantize(x, s.act_bits, s.act_symmetric, s.act_granularity)
@@ -90,7 +95,7 @@ class SCRI(PassBase):
                 sc = scri_scale(st.absmax, beta)
                 wq = quantize_dequantize(w * sc, s.weight_bits, s.weight_symmetric, s.weight_granularity,
                                          s.group_size)
-                errs[beta] = _layer_error(m, st.samples, lambda x, sc=sc: x / sc, wq, aq)
+                errs[beta] = _layer_error(xs, refs, lambda x, sc=sc: x / sc, wq, aq)
             beta = min(errs, key=errs.get)
             sc = scri_scale(st.absmax, beta)
             if beta > 0:
@@ -166,20 +171,21 @@ class HTDQ(PassBase):
             st = m.calib_stats
             if st is None or not st.samples:
                 raise RuntimeError(f"{s.module_path}: HTDQ needs calibration statistics (run Observe first)")
-            xs = [self._quant_input(m, x) for x in st.samples]
             if any(f in s.module_path for f in TEMPORAL_FRAGMENTS):
-                x = torch.cat(xs)
+                x = torch.cat([self._quant_input(m, x) for x in st.samples])
                 m.aq = ChannelStaticQuant(s.act_bits, x.amin(0), x.amax(0))
                 s.act_quantizer, s.act_granularity, s.act_symmetric = "static", "channel", False
                 s.extra["htdq"] = {"kind": "temporal"}
                 counts["temporal"] += 1
                 continue
-            skew = token_skewness(xs)
+            raw = search_tokens(st.samples)
+            skew = token_skewness([self._quant_input(m, x) for x in raw])
             if abs(skew) < self.skew_threshold:
                 continue
             tail = 1 if skew > 0 else -1
             wq = m.quantized_weight().detach().float()
-            errs = {rho: _layer_error(m, st.samples, lambda x: self._quant_input(m, x), wq,
+            refs = [F.linear(x, m.effective_weight().float()) for x in raw]
+            errs = {rho: _layer_error(raw, refs, lambda x: self._quant_input(m, x), wq,
                                       ClippedTokenQuant(s.act_bits, rho, tail)) for rho in self.rhos}
             rho = min(errs, key=errs.get)
             m.aq = ClippedTokenQuant(s.act_bits, rho, tail)
