@@ -257,9 +257,11 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module, example_input
         check_model: refuse a ``model`` whose other tensors differ from the one saved with.
 
     Quantized weights are restored on their quantization grid and kept there (``wq`` is
-    None: the dequantized codes are the weights), so outputs match the saved model exactly
-    (low-rank factors stored in 16-bit round to that precision). Training passes are skipped
-    (a zero time budget): the trained tensors come from the artifact.
+    None: the dequantized codes are the weights), so outputs match the saved model bit for bit,
+    except that low-rank factors saved in 16-bit (the default) carry that rounding; save with
+    ``lowrank_dtype=torch.float32`` for a bit-exact low-rank model. Training passes are skipped
+    (a zero time budget: the trained tensors come from the artifact); the recipe's calibration
+    passes run again on ``example_inputs``, so loading costs about a compile without training.
     """
     manifest, tensors = read_artifact(directory)
     d = Path(directory)
