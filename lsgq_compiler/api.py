@@ -107,6 +107,8 @@ def compile_quantized(
                          "e.g. config=QuantConfig(recipe='minmax', weight_bits=8, act_bits=8)", TypeError)
     if plan is not None and not isinstance(plan, Plan):
         raise user_error(f"plan must be a Plan, got {type(plan).__name__}", "load one with Plan.load(path)", TypeError)
+    if plan is not None:
+        plan = Plan.from_dict(plan.to_dict())  # passes write into specs: never into the caller's plan
     t0 = time.perf_counter()
     captured = capture(model, example_inputs, copy_model=True)
     capture_s = time.perf_counter() - t0
