@@ -103,7 +103,9 @@ def _viditq(ctx):
     largest share, and the shared bit allocation picks widths in ``{b-1, b, b+1}`` (W8:
     {7, 8}, so all layers stay at 8 and the measurement is skipped) with the average weight
     bits within ``b``. Readings: the metrics are VSR counterparts of the paper's T2V metrics
-    (see ``passes/mixed_precision.py``); asymmetric quantizers. Options: ``alpha``,
+    (see ``passes/mixed_precision.py``); asymmetric quantizers. The measurement costs one
+    forward per quantized layer and batch (60 on the shipped model); with
+    ``config.time_budget_s`` the layers not reached get the median score. Options: ``alpha``,
     ``mixed_precision`` (False: uniform), ``metric_batches``."""
     passes = [_annotate(ctx, smooth_alpha=ctx.option("alpha", 0.5), rotate=True),
               SwapLinears(), Observe(ctx), Smooth(), Rotate(ctx), InsertQuantizers()]
