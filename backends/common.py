@@ -84,6 +84,10 @@ def lower_layers(qm: QuantizedModel, make_core: CoreFactory, what: str) -> Quant
     for path, layer in quant_linears(gm).items():
         layer.stats = None
         layer.calib_stats = None  # calibration records are not part of a deployed model
+        why = _nonstandard(layer)
+        if why:  # a recipe's extra structure (H-SVD blocks, learnable bias/bounds, LET...): keep it exact
+            layer.kernel_info = simulated_info(what, f"not lowered: {why}; kept as the fake-quant layer")
+            continue
         core, info = make_core(layer)
         if core is None:
             layer.kernel_info = dict(info)
@@ -94,6 +98,19 @@ def lower_layers(qm: QuantizedModel, make_core: CoreFactory, what: str) -> Quant
     out = QuantizedModel(gm, copy.deepcopy(qm.plan), qm.config, info)
     out.eval()
     return out
+
+
+def _nonstandard(layer: QuantLinear) -> str | None:
+    """Why ``layer`` carries more than the standard QuantLinear pieces (None if it does not)."""
+    from lsgq_compiler.quantizers import ActQuant, WeightQuant
+
+    if type(layer) is not QuantLinear:
+        return f"{type(layer).__name__} is a QuantLinear subclass"
+    if layer.wq is not None and type(layer.wq) is not WeightQuant:
+        return f"learnable weight quantizer {type(layer.wq).__name__}"
+    if layer.aq is not None and type(layer.aq) is not ActQuant:
+        return f"custom activation quantizer {type(layer.aq).__name__}"
+    return None
 
 
 def simulated_info(backend: str, why: str) -> dict[str, Any]:

@@ -115,3 +115,24 @@ def test_fp8_needs_a_recent_gpu(wan):
     qm = compile_quantized(m, inp, QuantConfig(weight_bits=8, act_bits=8), calib_data=[inp], progress=False)
     with pytest.raises(ValueError, match="compute capability"):
         lower_torchao(qm, fp8=True)
+
+
+def test_recipe_extras_are_never_dropped_by_lowering():
+    """Layers with a recipe's extra structure (here QuantVSR's learnable bias alignment) stay
+    as their exact fake-quant layer, reported as simulated, instead of losing the extras."""
+    import torch
+
+    from conftest import tiny_wan, wan_inputs
+    from lsgq_compiler import QuantConfig, compile_quantized
+    from lsgq_compiler.backends.torchao import lower_torchao
+    from lsgq_compiler.metrics import sqnr
+
+    m, inp = tiny_wan(), wan_inputs()
+    qm = compile_quantized(m, inp, QuantConfig(recipe="quantvsr", weight_bits=8, act_bits=8), calib_data=[inp],
+                           progress=False)
+    lowered = lower_torchao(qm)
+    with torch.no_grad():
+        a, b = qm(**inp), lowered(**inp)
+    assert sqnr(a, b) >= 30.0
+    kept = [r for r in lowered.report() if "not lowered" in str(r.get("note", ""))]
+    assert kept and all(r["real_kernel"] is False for r in kept)
