@@ -43,7 +43,11 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
         raise RuntimeError(f"{m.spec.module_path}: layer training needs calibration samples (run Observe)")
     params = [p for p in params if p is not None]
     with torch.no_grad():
-        w_fp = m.effective_weight().float()
+        # the target is the layer's original weight, fixed at its first training stage, so later
+        # stages (e.g. a bias stage after a low-rank stage) do not chase an already-trained layer
+        if getattr(m, "fp_weight", None) is None:
+            m.fp_weight = m.effective_weight().float().clone()
+        w_fp = m.fp_weight
         xs = [x.to(device=m.weight.device, dtype=m.weight.dtype) for x in st.samples]
         if len({x.shape for x in xs}) == 1:  # one (calls, tokens, K) batch: per-call quantizer semantics kept
             xs = [torch.stack(xs)]
@@ -86,7 +90,7 @@ def train_end_to_end(model: nn.Module, batches: list[tuple[tuple, dict]], fp_out
         loss = _rel_mse(model(*args, **kwargs), fp_outputs[it % len(batches)])
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if deadline is not None and time.perf_counter() > deadline:
             break
     for m in model.modules():
