@@ -206,7 +206,56 @@ def layer_fidelity(model: nn.Module, qmodel: nn.Module, inputs: dict, n_layers: 
     return res
 
 
-def run_speed(args, device: str) -> dict:
+KERNEL_NOTES = {
+    "fp8": "real: FP8 rowwise torch._scaled_mm",
+    "int8": "real: int8 torch._int_mm",
+    "w4a8": "simulated compute: torchao 0.18 stores int4 values unpacked in int8 (UNPACKED_TO_INT8) and runs "
+            "dequantize + bf16 GEMM; no W4A8 GEMM for CUDA in this torchao (gemlite's is a separate package)",
+    "lsgquant": "simulated: no W4A4 GEMM on Hopper; fake-quant in eager PyTorch",
+}
+
+
+def small_m_linears(model: nn.Module, inputs: dict, max_rows: int = 16) -> set[str]:
+    """Linears whose input has at most ``max_rows`` rows here (e.g. AdaLN projections of the
+    timestep embedding): torch._int_mm needs more than 16, so int8 leaves them in bf16."""
+    rows: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, f=f: rows.__setitem__(f, i[0].numel() // i[0].shape[-1]))
+             for f, m in model.named_modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(**inputs, return_dict=False)
+    for h in hooks:
+        h.remove()
+    return {f for f, r in rows.items() if r <= max_rows}
+
+
+class _Positional(nn.Module):
+    """A QuantizedModel called like the diffusers model (``return_dict=False`` -> tuple)."""
+
+    def __init__(self, qm: nn.Module) -> None:
+        super().__init__()
+        self.qm = qm
+
+    def forward(self, return_dict: bool = False, **kw) -> tuple[torch.Tensor]:
+        return (self.qm(**kw),)
+
+
+def lsgquant_lowered(model: nn.Module, inputs: dict, device: str) -> tuple[nn.Module, dict]:
+    """The LSGQuant W4A4 plan (one calibration clip, short QAO) lowered by the torchao backend;
+    returns the callable (eager: layers without a kernel run as fake-quant) and its kernel counts."""
+    from lsgq_compiler import QuantConfig, compile_quantized
+    from lsgq_compiler.backends.torchao import lower_torchao
+
+    cfg = QuantConfig(recipe="lsgquant", weight_bits=4, act_bits=4,
+                      options={"observe_tokens": 128, "light_iters": 5, "full_iters": 10})
+    qm = lower_torchao(compile_quantized(model, inputs, cfg, calib_data=[inputs], progress=False), device)
+    rows = [r for r in qm.report() if r["format"] not in ("fp", "FP", "-")]
+    real = sum(bool(r["real_kernel"]) for r in rows)
+    kernels = sorted({str(r.get("kernel")) for r in rows})
+    return _Positional(qm), {"linears": f"W4A4 LSGQuant plan: {real}/{len(rows)} layers on a real kernel",
+                             "kernels": kernels, "compiled": "eager (simulated layers are fake-quant)"}
+
+
+def run_speed(args, device: str, gpu: str = "none") -> dict:
     from torchao.quantization import quantize_
 
     results: dict[str, dict] = {}
@@ -222,9 +271,10 @@ def run_speed(args, device: str) -> dict:
         if device == "cuda":
             torch.cuda.empty_cache()
     variants = [("bf16", None, False), ("attn-int8", None, True), ("w8a8-fp8", "fp8", False),
-                ("w8a8-fp8+attn-int8", "fp8", True), ("w8a8-int8", "int8", False), ("w4a8", "w4a8", False)]
-    if args.variants:
-        variants = [v for v in variants if v[0] in args.variants.split(",")]
+                ("w8a8-fp8+attn-int8", "fp8", True), ("w8a8-int8", "int8", False), ("w4a8", "w4a8", False),
+                ("lsgquant-w4a4", "lsgquant", False)]
+    if args.variants:  # bf16 always runs: every speedup is a ratio measured side by side in one run
+        variants = [v for v in variants if v[0] in args.variants.split(",") or v[0] == "bf16"]
     for tag, qkind, attn in variants:
         t0 = time.perf_counter()
         try:
@@ -232,11 +282,16 @@ def run_speed(args, device: str) -> dict:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             model, _, _ = build(args.model, args.small, device) if qkind else (base, None, None)
-            if qkind:
+            kernels = None
+            if qkind == "lsgquant":
+                compiled, kernels = lsgquant_lowered(model, inputs, device)
+            elif qkind:
                 if qkind == "fp8" and (device != "cuda" or torch.cuda.get_device_capability() < (8, 9)):
                     raise RuntimeError("FP8 needs CUDA sm_89+")
-                quantize_(model, torchao_config(qkind), filter_fn=linear_filter)
-            compiled = torch.compile(model) if not args.no_compile else model
+                skip = small_m_linears(base, inputs) if qkind == "int8" else set()
+                quantize_(model, torchao_config(qkind), filter_fn=lambda m, f: linear_filter(m, f) and f not in skip)
+            if qkind != "lsgquant":
+                compiled = torch.compile(model) if not args.no_compile else model
             ctx = int8_attention_override() if attn else contextlib.nullcontext()
             with ctx, torch.no_grad():
                 out = compiled(**inputs, return_dict=False)[0].float()  # compile + warm-up
@@ -244,14 +299,19 @@ def run_speed(args, device: str) -> dict:
                 compiled(**inputs, return_dict=False)
                 ms = timed(lambda: compiled(**inputs, return_dict=False), args.iters, device)
                 ops = op_breakdown(lambda: compiled(**inputs, return_dict=False), device)
-            wbytes = {"fp8": 1, "int8": 1, "w4a8": 0.5}.get(qkind, 2)
+            wbytes = {"fp8": 1, "int8": 1, "w4a8": 0.5, "lsgquant": 0.54}.get(qkind, 2)  # lsgquant: + ~2% bf16 low-rank
             r = {"median_ms": round(sorted(ms)[len(ms) // 2], 2), "all_ms": [round(t, 2) for t in ms],
                  "compile_s": round(compile_s, 1), "sqnr_vs_bf16_db": round(sqnr(ref, out), 2),
                  "sqnr_vs_fp32_db": round(sqnr(ref32, out), 2),
                  "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
                  "checkpoint_bytes": checkpoint_bytes(model, wbytes, 128 if qkind == "w4a8" else None),
                  "op_ms": ops, "linears": qkind or "bf16", "attention": "int8 Q.K^T / fp16 P.V" if attn else "sdpa bf16"}
-            if qkind:
+            r["kernel"] = KERNEL_NOTES.get(qkind, "real kernel") if qkind else "bf16 GEMM"
+            if qkind == "int8":
+                r["bf16_small_m_linears"] = len(skip)
+            if kernels is not None:
+                r.update(kernels)
+            elif qkind:
                 r["layer_sqnr_db"] = layer_fidelity(base, model, inputs)
             results[tag] = r
             print(f"{tag:22s} {r['median_ms']:9.2f} ms  sqnr {r['sqnr_vs_bf16_db']:6.2f} dB (fp32: "
@@ -263,9 +323,13 @@ def run_speed(args, device: str) -> dict:
             print(f"{tag:22s} unavailable: {results[tag]['error']}", flush=True)
         gc.collect()
         torch._dynamo.reset()
+        write_result(args, {"model": args.model, "partial": True, "results": results}, gpu)  # survives a timeout
     b = results.get("bf16", {}).get("median_ms")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for r in results.values():
+        r["run"] = stamp
         if b and "median_ms" in r:
+            r["bf16_same_run_ms"] = b
             r["speedup_vs_bf16_compile"] = round(b / r["median_ms"], 3)
     return {"model": args.model, "params": n_params, "video_tokens": tokens, "text_tokens": 226,
             "inputs": {k: list(v.shape) for k, v in inputs.items() if isinstance(v, torch.Tensor)},
@@ -302,6 +366,23 @@ def run_calib(args, device: str) -> dict:
                                                                              if k != "attention"}}
 
 
+def write_result(args, res: dict, gpu: str) -> Path:
+    """Atomically write (or, for a ``--variants`` subset, merge into) the part's JSON."""
+    res = dict(res, gpu=gpu, torch=torch.__version__, host=platform.node(), small=args.small)
+    name = f"gpu_scale_{args.part}_{args.model if args.part == 'speed' else 'cogvideox-5b'}{'_small' if args.small else ''}.json"
+    out = Path(os.environ.get("OUT", args.out)) / name if os.environ.get("OUT") else Path(args.out) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prev = Path(args.out) / name
+    if args.variants and "results" in res and prev.exists():  # a subset run: keep the other variants
+        old = json.loads(prev.read_text())
+        if old.get("gpu") == gpu:
+            res["results"] = {**old.get("results", {}), **res["results"]}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["speed", "calib"], default="speed")
@@ -318,14 +399,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
-    res = run_speed(args, device) if args.part == "speed" else run_calib(args, device)
-    res.update({"gpu": gpu, "torch": torch.__version__, "host": platform.node(), "small": args.small})
-    name = f"gpu_scale_{args.part}_{args.model if args.part == 'speed' else 'cogvideox-5b'}{'_small' if args.small else ''}.json"
-    out = Path(os.environ.get("OUT", args.out)) / name if os.environ.get("OUT") else Path(args.out) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, out)
+    res = run_speed(args, device, gpu) if args.part == "speed" else run_calib(args, device)
+    out = write_result(args, res, gpu)
     print(json.dumps({k: v for k, v in res.items() if k != "results"}, indent=1)[:3000])
     print(f"wrote {out}")
 

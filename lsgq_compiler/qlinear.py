@@ -22,7 +22,8 @@ from torch import nn
 
 from .hadamard import rotate, unrotate
 from .plan import LayerSpec
-from .quantizers import ActQuant, WeightQuant
+from .quant import quantize_dequantize
+from .quantizers import ActQuant, WeightQuant, draq
 
 
 class InputStats:
@@ -31,7 +32,11 @@ class InputStats:
     ``absmax: (K,)`` running max |x|; ``call_means: list of (K,)`` per-call channel means
     (variance across calls drives LSGQuant's sensitivity); ``sum``/``sumsq`` per channel;
     ``samples: list of (<= max_tokens, K)`` a seeded random subset of each call's tokens
-    (float32), for error-based sensitivity and layer-wise training.
+    (float32), for error-based sensitivity and layer-wise training. With ``track_grads``
+    (see :meth:`watch_output`), ``probe_sums`` accumulates, over backward passes of random
+    output projections ``<v, out>``, ``output_error``: ``<g, dY>^2`` and ``fisher``:
+    ``sum g^2 dY^2``, where ``g`` is the gradient w.r.t. this layer's output and ``dY`` the
+    layer's own quantization error on the whole call; ``probe_count`` counts the terms.
     """
 
     def __init__(self, k: int, max_tokens: int = 512) -> None:
@@ -45,6 +50,9 @@ class InputStats:
         self.count = 0
         self.call_means: list[torch.Tensor] = []
         self.call_absmax: list[torch.Tensor] = []
+        self.track_grads = False
+        self.probe_sums = {"output_error": 0.0, "fisher": 0.0}
+        self.probe_count = 0
 
     def update(self, x: torch.Tensor) -> None:
         """x: ``(..., K)`` on any device; reductions run there, (K,) results land on the CPU."""
@@ -65,6 +73,25 @@ class InputStats:
             g = torch.Generator().manual_seed(len(self.samples))
             idx = torch.randperm(x.shape[0], generator=g)[: self.max_tokens].sort().values
             self.samples.append(xf[idx.to(x.device)].cpu())
+
+    def watch_output(self, y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        """Accumulate ``probe_sums`` from the gradient reaching ``y: (..., N)`` (this call's
+        output) in every later backward pass; ``dy``: the layer's quantization error, same
+        shape. Returns ``y`` (made a leaf requiring grad when nothing upstream does)."""
+        if not self.track_grads or not torch.is_grad_enabled():
+            return y
+        if not y.requires_grad:
+            y = y.detach().requires_grad_(True)
+        dy = dy.detach().float()
+
+        def hook(g: torch.Tensor) -> None:
+            g = g.detach().float()
+            self.probe_sums["output_error"] += float((g * dy).sum()) ** 2
+            self.probe_sums["fisher"] += float((g.pow(2) * dy.pow(2)).sum())
+            self.probe_count += 1
+
+        y.register_hook(hook)
+        return y
 
     @property
     def mean(self) -> torch.Tensor:
@@ -167,6 +194,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(..., K)`` -> ``(..., N)``."""
+        x_in = x
         if self.stats is not None:
             self.stats.update(x)
         if self.smooth is not None:
@@ -177,7 +205,30 @@ class QuantLinear(nn.Module):
         if self.aq is not None:
             x = self.aq(x)
         y = F.linear(x, self.quantized_weight(), self.bias)
-        return y if y_lr is None else y + y_lr
+        y = y if y_lr is None else y + y_lr
+        if self.stats is not None and self.stats.track_grads and torch.is_grad_enabled():
+            with torch.no_grad():
+                dy = self.plain_quant_error(x_in)
+            y = self.stats.watch_output(y, dy)
+        return y
+
+    def plain_quant_error(self, x: torch.Tensor, channel_absmax: torch.Tensor | None = None) -> torch.Tensor:
+        """``Q(X) Q(W)^T - X W^T`` for ``x: (..., K)`` at this layer's planned bits and
+        quantizer kinds, without smoothing, rotation or low-rank branch (what quantizing
+        this layer alone costs). DRAQ uses ``channel_absmax: (K,)`` (default: this call's)."""
+        s = self.spec
+        w = self.effective_weight().float()
+        wq = quantize_dequantize(w, s.weight_bits, s.weight_symmetric, s.weight_granularity, s.group_size) \
+            if s.weight_bits else w
+        x = x.float()
+        if s.act_bits is None:
+            xq = x
+        elif s.act_quantizer.startswith("draq"):
+            amax = x.reshape(-1, x.shape[-1]).abs().amax(0) if channel_absmax is None else channel_absmax
+            xq = draq(x, s.act_bits, amax.to(x.device).float())
+        else:
+            xq = quantize_dequantize(x, s.act_bits, s.act_symmetric, s.act_granularity)
+        return F.linear(xq, wq) - F.linear(x, w)
 
     def extra_repr(self) -> str:
         parts = [f"{self.spec.module_path}", f"in={self.in_features}, out={self.out_features}", self.spec.fmt]

@@ -50,8 +50,11 @@ def _lsgquant(ctx):
     low-rank branch from the SVD whose parameter share matches the paper's (~2%), bits per
     layer from the calibrated sensitivity, and QAO training tiered by VOLTS (frozen /
     30 iterations / to convergence). Faithful readings where the paper is silent: the
-    sensitivity default is the layer's own quantization error (``qerror``; the paper's
-    variance statistic is available as ``sensitivity="variance"``), training distils each
+    sensitivity default is ``output_error``, a Hutchinson estimate of the model-output error
+    the layer's quantization causes, from a few backward passes per calibration batch (see
+    passes/sensitivity.py; the paper's variance statistic is ``sensitivity="variance"``, the
+    layer-local error ``"qerror"``; at billions of parameters, where a backward pass at 18k
+    tokens does not fit in memory, use ``"qerror"``), training distils each
     layer to its full-precision output. Ablation switches in ``config.options``:
     ``draq``, ``uniform_bits``, ``volts`` (tiered/all_full/all_frozen), ``lowrank_share``
     (0 disables), ``rotate``, ``sensitivity``, ``light_iters``, ``full_iters``, ``lr``,
@@ -77,7 +80,9 @@ def _lsgquant(ctx):
               SwapLinears()]
     if opt("draq", True):
         passes.append(DRAQ(static=bool(opt("draq_static", False))))
-    passes += [Observe(ctx), Sensitivity(ctx, opt("sensitivity", "qerror"))]
+    score = opt("sensitivity", "output_error")
+    grads = score in ("output_error", "fisher") or bool(opt("observe_grads", False))
+    passes += [Observe(ctx, grads=grads, probes=int(opt("probes", 4))), Sensitivity(ctx, score)]
     if ctx.plan is None:
         passes.append(BitAllocation(ctx, uniform=bool(opt("uniform_bits", False))))
         if share > 0:

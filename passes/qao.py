@@ -39,13 +39,16 @@ class QAO(PassBase):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         todo = [m for _, m in quant_nodes(gm) if m.spec.train_iters > 0 and m.spec.quantized]
+        # layers are distilled independently (each on its own full-precision inputs), so the
+        # order is free: the most sensitive first, so a time budget is spent where it matters
+        todo.sort(key=lambda m: (m.spec.tier != "full", -(m.spec.sensitivity or 0.0)))
         budget = self.ctx.config.time_budget_s
         deadline = time.perf_counter() + budget if budget else None
         skipped = 0
         with torch.enable_grad():
-            for m in tqdm(todo, desc="QAO (VOLTS)", disable=not self.ctx.progress, leave=False):
+            for order, m in enumerate(tqdm(todo, desc="QAO (VOLTS)", disable=not self.ctx.progress, leave=False)):
                 if deadline is not None and time.perf_counter() > deadline:
-                    m.spec.extra["qao"] = {"skipped": "time budget"}
+                    m.spec.extra["qao"] = {"skipped": "time budget", "order": order}
                     skipped += 1
                     continue
                 groups = [[m.weight]] + ([[m.lr_down], [m.lr_up]] if m.lr_down is not None else [])
@@ -59,5 +62,6 @@ class QAO(PassBase):
                 for p in m.parameters():
                     p.requires_grad_(True)
                 m.spec.extra["qao"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in res.items()}
+                m.spec.extra["qao"]["order"] = order
         self.ctx.notes["qao"] = {"trained": len(todo) - skipped, "skipped_time_budget": skipped}
         return PassResult(gm, False)

@@ -8,6 +8,13 @@ Scores (higher = more sensitive), all from :class:`~lsgq_compiler.qlinear.InputS
   ``mean ||Q(X) Q(W)^T - X W^T||^2`` over the sampled calibration tokens.
 - ``range``: mean over channels of the per-channel absmax divided by the per-token RMS
   (an outlier measure).
+- ``output_error`` (the default of ``lsgquant``; needs ``Observe(grads=True)``): an unbiased
+  estimate of the model-output error the ground truth measures, linearized:
+  ``E_v[<J^T v, dY>^2] = ||J dY||^2`` with ``dY`` the layer's quantization error on a whole
+  calibration call, ``J`` the Jacobian of the model output w.r.t. the layer's output and
+  ``v ~ N(0, I)`` (Hutchinson); a few backward passes per calibration batch, in the same
+  single calibration pass.
+- ``fisher``: the diagonal of the same, ``sum g^2 dY^2`` (errors taken as independent).
 
 :func:`one_at_a_time` quantizes one layer at a time and measures the model-output MSE:
 the ground truth each score is rank-correlated with (:func:`spearman`).
@@ -24,8 +31,6 @@ from tqdm.auto import tqdm
 
 from lsgq_compiler.calibration import run_batches
 from lsgq_compiler.qlinear import InputStats, QuantLinear
-from lsgq_compiler.quant import quantize_dequantize
-from lsgq_compiler.quantizers import draq
 
 from .infra import PassBase, PassContext, PassResult, quant_nodes
 
@@ -38,27 +43,16 @@ def score_variance(m: QuantLinear, st: InputStats) -> float:
 
 
 def score_qerror(m: QuantLinear, st: InputStats) -> float:
-    s = m.spec
-    w = m.effective_weight().float()
-    wq = quantize_dequantize(w, s.weight_bits, s.weight_symmetric, s.weight_granularity, s.group_size) \
-        if s.weight_bits else w
-    if not st.samples:
-        return 0.0
-    if len({x.shape for x in st.samples}) == 1:
-        xs, amaxes = [torch.stack(st.samples)], [torch.stack(st.call_absmax)[:, None, :]]  # (calls, T, K)
-    else:
-        xs, amaxes = st.samples, st.call_absmax
-    err = 0.0
-    for x, amax in zip(xs, amaxes):
-        x, amax = x.to(w.device), amax.to(w.device).float()
-        if s.act_bits is None:
-            xq = x
-        elif s.act_quantizer.startswith("draq"):
-            xq = draq(x, s.act_bits, amax)  # the call's true channel range, not the sample's
-        else:
-            xq = quantize_dequantize(x, s.act_bits, s.act_symmetric, s.act_granularity)
-        err += float((F.linear(xq, wq) - F.linear(x, w)).pow(2).mean()) * x.shape[0]
-    return err / len(st.samples)
+    errs = [m.plain_quant_error(x, amax) for x, amax in zip(st.samples, st.call_absmax)]
+    return sum(float(e.pow(2).mean()) for e in errs) / len(errs) if errs else 0.0
+
+
+def score_output_error(m: QuantLinear, st: InputStats) -> float:
+    return st.probe_sums["output_error"] / max(st.probe_count, 1)
+
+
+def score_fisher(m: QuantLinear, st: InputStats) -> float:
+    return st.probe_sums["fisher"] / max(st.probe_count, 1)
 
 
 def score_range(m: QuantLinear, st: InputStats) -> float:
@@ -67,7 +61,9 @@ def score_range(m: QuantLinear, st: InputStats) -> float:
 
 
 SCORES: dict[str, Callable[[QuantLinear, InputStats], float]] = {
-    "variance": score_variance, "qerror": score_qerror, "range": score_range}
+    "variance": score_variance, "qerror": score_qerror, "range": score_range, "output_error": score_output_error,
+    "fisher": score_fisher}
+GRADIENT_SCORES = ("output_error", "fisher")  # need Observe(grads=True)
 
 
 class Sensitivity(PassBase):
@@ -88,7 +84,11 @@ class Sensitivity(PassBase):
                 continue
             if m.calib_stats is None:
                 raise RuntimeError("Sensitivity needs calibration statistics: run Observe first")
-            scores = {k: fn(m, m.calib_stats) for k, fn in SCORES.items()}
+            st = m.calib_stats
+            scores = {k: fn(m, st) for k, fn in SCORES.items() if k not in GRADIENT_SCORES or st.probe_count}
+            if self.score not in scores:
+                raise RuntimeError(f"the {self.score!r} sensitivity score needs output gradients: run "
+                                   "Observe(ctx, grads=True) first (recipe option observe_grads=True)")
             m.spec.extra["scores"] = {k: float(f"{v:.6g}") for k, v in scores.items()}
             m.spec.sensitivity = float(f"{scores[self.score]:.6g}")
         self.ctx.notes["sensitivity_score"] = self.score

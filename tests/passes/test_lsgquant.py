@@ -72,3 +72,15 @@ def test_spearman_and_ground_truth(compiled):
         fp = [qm(**calib[0])]
     gt = one_at_a_time(qm.gm, [((), calib[0])], fp, progress=False)
     assert len(gt) == len(qm.plan.quantized_layers()) and all(v > 0 for v in gt.values())
+
+
+def test_qao_trains_full_tier_first_most_sensitive_first(compiled):
+    # under a time budget the layers trained are the ones that matter most
+    specs = sorted((s for s in compiled[3].plan.quantized_layers() if s.train_iters > 0),
+                   key=lambda s: s.extra["qao"]["order"])
+    assert len(specs) > 2 and [s.extra["qao"]["order"] for s in specs] == list(range(len(specs)))
+    tiers = [s.tier for s in specs]
+    assert tiers == sorted(tiers, key=lambda t: t != "full")
+    for tier in ("full", "light"):
+        sens = [s.sensitivity for s in specs if s.tier == tier]
+        assert sens == sorted(sens, reverse=True)
