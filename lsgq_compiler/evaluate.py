@@ -12,6 +12,7 @@ used.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -20,7 +21,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,9 +52,12 @@ class Variant:
 
 
 def parse_variants(recipes: str, bits: str, options: dict | None = None) -> list[QuantConfig]:
-    """``"minmax,lsgquant"`` x ``"w4a4,w8a8"`` -> configs (validated)."""
+    """``"minmax,lsgquant"`` (or ``"all"``) x ``"w4a4,w8a8"`` -> configs (validated)."""
+    from .recipes import RECIPES
+
+    names = sorted(RECIPES, key=lambda n: n == "lsgquant") if recipes.strip() == "all" else [r.strip() for r in recipes.split(",") if r.strip()]
     out = []
-    for r in [r.strip() for r in recipes.split(",") if r.strip()]:
+    for r in names:
         for b in [b.strip().lower() for b in bits.split(",") if b.strip()]:
             if not (b.startswith("w") and "a" in b):
                 raise user_error(f"bad bit-width {b!r}", "use the form w4a4, w6a6, w8a8")
@@ -141,51 +145,105 @@ def quantize_all(runner: VSRRunner, configs: list[QuantConfig]) -> list[Variant]
     return [runner.quantize(cfg) for cfg in tqdm(configs, desc="quantizing variants", disable=not runner.progress)]
 
 
+def _clip_metrics(c: EvalClip, y: np.ndarray, fp: np.ndarray | None) -> dict[str, float]:
+    from .metrics import psnr_video, ssim, warp_error
+
+    r: dict[str, float] = {"warp_error": warp_error(y)}
+    if c.hq is not None:
+        r["psnr"], r["ssim"] = psnr_video(c.hq, y), ssim(c.hq, y)
+    if fp is not None:
+        r["psnr_vs_fp"] = psnr_video(fp, y)
+    return r
+
+
 def evaluate(runner: VSRRunner, clips: list[EvalClip], configs: list[QuantConfig] | list[Variant],
              keep_outputs: bool = False) -> dict[str, Any]:
     """Evaluate bicubic, full precision and each config (or already quantized variant) on ``clips``."""
-    from .data import bicubic_upscale
-    from .metrics import psnr_video, ssim, warp_error
+    return evaluate_sets(runner, {"clips": clips}, configs, keep_outputs)["clips"]
 
-    has_gt = all(c.hq is not None for c in clips)
-    variants = [c for c in configs if isinstance(c, Variant)]
-    variants += quantize_all(runner, [c for c in configs if isinstance(c, QuantConfig)])
-    per_clip: dict[str, dict[str, dict[str, float]]] = {}
-    outputs: dict[str, dict[str, np.ndarray]] = {}
-    for c in tqdm(clips, desc="evaluating clips", disable=not runner.progress):
-        outs = {"bicubic": bicubic_upscale(c.lq), "fp": runner.upscale(c.lq)}
-        for v in variants:
-            outs[v.tag] = runner.upscale(c.lq, v.qm)
-        res = {}
-        for name, y in outs.items():
-            r: dict[str, float] = {"warp_error": warp_error(y)}
-            if c.hq is not None:
-                r["psnr"], r["ssim"] = psnr_video(c.hq, y), ssim(c.hq, y)
-            if name not in ("fp", "bicubic"):
-                r["psnr_vs_fp"] = psnr_video(outs["fp"], y)
-            res[name] = r
-        per_clip[c.name] = res
-        if keep_outputs:
-            outputs[c.name] = outs
-    names = ["bicubic", "fp"] + [v.tag for v in variants]
-    results = {n: {k: float(np.mean([per_clip[c][n][k] for c in per_clip])) for k in per_clip[clips[0].name][n]}
-               for n in names}
-    for v in variants:
-        results[v.tag]["quant_time_s"] = round(v.quant_time_s, 2)
+
+def evaluate_sets(runner: VSRRunner, sets: dict[str, list[EvalClip]], configs: list[QuantConfig] | list[Variant],
+                  keep_outputs: bool = False, prior: dict[str, dict[str, Any]] | None = None,
+                  on_variant: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate on several clip sets, quantizing each config once.
+
+    Variants are handled one at a time (quantize, run every clip of every set, free the
+    model unless ``keep_outputs`` or it was passed in quantized), so memory stays flat over
+    long comparisons. ``prior``: earlier results per set (``--resume``): variants whose
+    per-clip metrics are there for every set are not run again. ``on_variant``: called with
+    the partial results per set after each variant (to checkpoint them).
+    """
+    from .data import bicubic_upscale
+
+    prior = prior or {}
+    per_clip: dict[str, dict[str, dict[str, dict[str, float]]]] = {src: {} for src in sets}
+    outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {src: {} for src in sets}
+    fp_out: dict[str, dict[str, np.ndarray]] = {src: {} for src in sets}
+    for src, clips in sets.items():
+        for c in tqdm(clips, desc=f"full precision ({src})", disable=not runner.progress, leave=False):
+            outs = {"bicubic": bicubic_upscale(c.lq), "fp": runner.upscale(c.lq)}
+            fp_out[src][c.name] = outs["fp"]
+            per_clip[src][c.name] = {n: _clip_metrics(c, y, None) for n, y in outs.items()}
+            if keep_outputs:
+                outputs[src][c.name] = outs
+    info: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for item in tqdm(configs, desc="variants", disable=not runner.progress or len(configs) < 2):
+        tag = item.tag
+        order.append(tag)
+        old = {src: prior.get(src, {}) for src in sets}
+        if all(tag in old[src].get("variants", {}) and all(tag in old[src].get("per_clip", {}).get(c.name, {})
+                                                           for c in sets[src]) for src in sets):
+            for src in sets:
+                for c in sets[src]:
+                    per_clip[src][c.name][tag] = old[src]["per_clip"][c.name][tag]
+            first = old[next(iter(sets))]
+            info[tag] = dict(first["variants"][tag], results=first["results"][tag], resumed=True)
+            continue
+        v = item if isinstance(item, Variant) else runner.quantize(item)
+        for src, clips in sets.items():
+            for c in clips:
+                y = runner.upscale(c.lq, v.qm)
+                per_clip[src][c.name][tag] = _clip_metrics(c, y, fp_out[src][c.name])
+                if keep_outputs:
+                    outputs[src][c.name][tag] = y
         s = v.qm.plan.summary()
-        results[v.tag]["avg_weight_bits"] = s["avg_weight_bits"]
-        share = v.info.get("notes", {}).get("lowrank_share")
-        if share is not None:
-            results[v.tag]["lowrank_share"] = share
-    out = {"clips": len(clips), "ground_truth": has_gt, "frames": runner.frames,
-           "tiling": f"{runner.frames} frames x {runner.tile}x{runner.tile} LQ tiles, overlap 8, ramp-blended",
-           "results": results, "per_clip": per_clip,
-           "variants": {v.tag: {"config": v.config.to_dict(), "timings": v.info.get("timings", {}),
-                                "notes": v.info.get("notes", {})} for v in variants}}
+        info[tag] = {"config": v.config.to_dict(), "timings": v.info.get("timings", {}),
+                     "notes": v.info.get("notes", {}), "quant_time_s": round(v.quant_time_s, 2),
+                     "avg_weight_bits": s["avg_weight_bits"], "variant": v}
+        if not keep_outputs and not isinstance(item, Variant):
+            v.qm = None  # free the quantized model
+        if on_variant is not None:
+            on_variant({src: _summarize(runner, sets[src], per_clip[src], order, info) for src in sets})
+    res = {src: _summarize(runner, sets[src], per_clip[src], order, info) for src in sets}
     if keep_outputs:
-        out["_outputs"] = outputs
-        out["_variants"] = variants
-    return out
+        for src in sets:
+            res[src]["_outputs"] = outputs[src]
+            res[src]["_variants"] = [info[t]["variant"] for t in order if "variant" in info[t]]
+    return res
+
+
+def _summarize(runner: VSRRunner, clips: list[EvalClip], per_clip: dict, order: list[str],
+               info: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    done = [t for t in order if t in info]
+    names = ["bicubic", "fp"] + done
+    first = per_clip[clips[0].name]
+    results = {n: {k: float(np.mean([per_clip[c.name][n][k] for c in clips])) for k in first[n]} for n in names}
+    for t in done:
+        if info[t].get("resumed"):
+            for k in ("quant_time_s", "avg_weight_bits", "lowrank_share"):
+                if k in info[t]["results"]:
+                    results[t][k] = info[t]["results"][k]
+            continue
+        results[t]["quant_time_s"] = info[t]["quant_time_s"]
+        results[t]["avg_weight_bits"] = info[t]["avg_weight_bits"]
+        share = info[t]["notes"].get("lowrank_share")
+        if share is not None:
+            results[t]["lowrank_share"] = share
+    return {"clips": len(clips), "ground_truth": all(c.hq is not None for c in clips), "frames": runner.frames,
+            "tiling": f"{runner.frames} frames x {runner.tile}x{runner.tile} LQ tiles, overlap 8, ramp-blended",
+            "results": results, "per_clip": {c.name: per_clip[c.name] for c in clips},
+            "variants": {t: {k: info[t][k] for k in ("config", "timings", "notes")} for t in done}}
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -207,8 +265,10 @@ def format_table(res: dict[str, Any]) -> str:
 def add_eval_arguments(p: argparse.ArgumentParser, compare: bool = False) -> None:
     p.add_argument("--clips", default="builtin",
                    help="folder of clips (subfolders of frames or video files), taken as ground truth; "
-                        "'builtin' = the built-in eval set, 'real' = the real low-quality clips (no ground truth)")
-    p.add_argument("--recipes", default="minmax,lsgquant" if compare else "minmax")
+                        "'builtin' = the built-in eval set, 'real' = the real low-quality clips (no ground truth); "
+                        "several, comma-separated, share each quantized variant (e.g. builtin,real)")
+    p.add_argument("--recipes", default="minmax,lsgquant" if compare else "minmax",
+                   help="comma-separated recipe names (see `lsgq recipes`), or 'all'")
     p.add_argument("--bits", default="w8a8,w6a6,w4a4" if compare else "w4a4,w8a8")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames per clip (the first N)")
     p.add_argument("--max-lq", type=int, default=None,
@@ -216,8 +276,13 @@ def add_eval_arguments(p: argparse.ArgumentParser, compare: bool = False) -> Non
     p.add_argument("--json", default=None, help="write the results JSON here")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe option (JSON value), e.g. --option full_iters=100")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="wall-time limit of each variant's training stages (default: the recipe's own budgets)")
     if compare:
-        p.add_argument("--out", default="compare_out", help="folder for table.md, results.json, chart.png")
+        p.add_argument("--out", default="compare_out", help="folder for table.md, results.json, chart.png "
+                       "(one subfolder per clip set when several are given)")
+        p.add_argument("--resume", action="store_true",
+                       help="keep the variants already in --out's results.json and run only the missing ones")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(compare=compare)
 
@@ -235,22 +300,51 @@ def _parse_options(items: list[str]) -> dict:
     return opts
 
 
+def _set_name(source: str) -> str:
+    return source if source in ("builtin", "real") else (Path(source).name or "clips")
+
+
 def run_eval_cli(args: argparse.Namespace) -> int:
     if args.frames < 2:
         raise user_error(f"--frames {args.frames} is too small", "use at least 2 frames")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise user_error(f"--time-budget {args.time_budget} must be positive", "give seconds, e.g. --time-budget 60")
     configs = parse_variants(args.recipes, args.bits, _parse_options(args.option))
-    clips = load_eval_clips(args.clips, args.frames, args.max_lq)
+    if args.time_budget is not None:
+        configs = [dataclasses.replace(c, time_budget_s=args.time_budget) for c in configs]
+    sources = [c.strip() for c in args.clips.split(",") if c.strip()]
+    if not sources:
+        raise user_error("--clips is empty", "use builtin, real, a folder, or several comma-separated")
+    sets = {_set_name(src): load_eval_clips(src, args.frames, args.max_lq) for src in sources}
+    if len(sets) != len(sources):
+        raise user_error(f"--clips {args.clips!r} names the same set twice", "give each clip set once")
+    compare = getattr(args, "compare", False)
+    outdir = lambda name: Path(args.out) / name if len(sets) > 1 else Path(args.out)  # noqa: E731
+    prior = {}
+    if compare and getattr(args, "resume", False):
+        for name in sets:
+            f = outdir(name) / "results.json"
+            if f.exists():
+                prior[name] = json.loads(f.read_text())
     runner = VSRRunner(frames=args.frames, progress=not args.no_progress)
-    res = evaluate(runner, clips, configs)
-    table = format_table(res)
-    print(f"{res['clips']} clips from {args.clips} ({res['tiling']})")
-    print(table)
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(res, indent=1))
-        print(f"wrote {args.json}")
-    if getattr(args, "compare", False):
-        from .report import write_compare
 
-        write_compare(Path(args.out), res, args)
-        print(f"wrote {args.out}/table.md, results.json, chart.png")
+    def checkpoint(partial: dict[str, dict[str, Any]]) -> None:
+        if compare:
+            for name, res in partial.items():
+                outdir(name).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(outdir(name) / "results.json", json.dumps(res, indent=1))
+
+    all_res = evaluate_sets(runner, sets, configs, prior=prior, on_variant=checkpoint)
+    for (name, res), src in zip(all_res.items(), sources):
+        print(f"{res['clips']} clips from {src} ({res['tiling']})")
+        print(format_table(res))
+        if compare:
+            from .report import write_compare
+
+            write_compare(outdir(name), res, args)
+            print(f"wrote {outdir(name)}/table.md, results.json, chart.png")
+    if args.json:
+        out = all_res[next(iter(all_res))] if len(all_res) == 1 else all_res
+        atomic_write_text(Path(args.json), json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
     return 0

@@ -41,3 +41,26 @@ def test_eval_refuses_empty_folder_and_bad_bits(tmp_path, capsys):
     assert "empty" in capsys.readouterr().err.lower()
     assert main(["eval", "--clips", str(tmp_path / "empty"), "--bits", "w4", "--no-progress"]) == 2
     assert "w4a4" in capsys.readouterr().err
+
+
+def test_compare_two_sets_share_variants_and_resume(tmp_path, capsys):
+    for name, seed in (("setA", 1), ("setB", 2)):
+        write_frames(tmp_path / name / "clip", _clip(seed, 3, 64, 64))
+    sets = f"{tmp_path / 'setA'},{tmp_path / 'setB'}"
+    out = tmp_path / "cmp"
+    base = ["compare", "--clips", sets, "--recipes", "minmax", "--frames", "3", "--out", str(out), "--no-progress"]
+    assert main(base + ["--bits", "w8a8"]) == 0
+    first = {n: json.loads((out / n / "results.json").read_text()) for n in ("setA", "setB")}
+    for n in ("setA", "setB"):
+        assert (out / n / "table.md").exists() and (out / n / "chart.png").exists()
+        assert set(first[n]["results"]) == {"bicubic", "fp", "minmax-w8a8"}
+    # one quantization serves both sets: the same variant record (time) in each
+    assert first["setA"]["results"]["minmax-w8a8"]["quant_time_s"] == first["setB"]["results"]["minmax-w8a8"][
+        "quant_time_s"]
+    assert main(base + ["--bits", "w8a8,w6a6", "--resume"]) == 0
+    second = json.loads((out / "setA" / "results.json").read_text())
+    assert set(second["results"]) == {"bicubic", "fp", "minmax-w8a8", "minmax-w6a6"}
+    # the resumed variant was not run again: its metrics and time are carried over exactly
+    assert second["results"]["minmax-w8a8"] == first["setA"]["results"]["minmax-w8a8"]
+    assert main(base + ["--bits", "w8a8", "--time-budget", "-1"]) == 2
+    assert "--time-budget" in capsys.readouterr().err
