@@ -1,0 +1,55 @@
+"""bench/gpu_scale.py's CPU-testable parts: which linears are quantized, checkpoint size
+arithmetic, the small-M guard for int8, and merging of --variants subset runs."""
+import importlib.util
+import json
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("gpu_scale", ROOT / "bench" / "gpu_scale.py")
+gs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gs)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj_out = nn.Linear(8, 8)  # in the keep-fp set
+        self.block = nn.Linear(8, 16)
+        self.temb = nn.Linear(8, 8)
+
+    def forward(self, hidden_states, t, return_dict=False):
+        return (self.proj_out(self.block(hidden_states)[..., :8]) + self.temb(t)[:, None],)
+
+
+def test_filters_and_checkpoint_bytes():
+    m = Toy()
+    assert not gs.linear_filter(m.proj_out, "proj_out") and gs.linear_filter(m.block, "block")
+    # block (16x8) and temb (8x8) quantized: weights at 1 byte + fp32 row scales; the rest bf16
+    other = sum(p.numel() for n, p in m.named_parameters() if n not in ("block.weight", "temb.weight"))
+    assert gs.checkpoint_bytes(m, 1) == (16 * 8 + 4 * 16) + (8 * 8 + 4 * 8) + 2 * other
+    # 4-bit, groups of 4: half a byte per weight + one fp32 scale per group
+    assert gs.checkpoint_bytes(m, 0.5, group=4) == (16 * 4 + 4 * 16 * 2) + (8 * 4 + 4 * 8 * 2) + 2 * other
+
+
+def test_small_m_linears_finds_single_row_projections():
+    m = Toy()
+    inputs = {"hidden_states": torch.randn(1, 32, 8), "t": torch.randn(1, 8)}
+    assert gs.small_m_linears(m, inputs) == {"temb"}
+
+
+def test_subset_runs_merge_and_full_runs_replace(tmp_path, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    args = types.SimpleNamespace(part="speed", model="wan-1.3b", small=True, variants="", out=str(tmp_path))
+    f = gs.write_result(args, {"results": {"bf16": {"median_ms": 10.0}, "w8a8-fp8": {"median_ms": 8.0}}}, "GPU-X")
+    args.variants = "w4a8"
+    gs.write_result(args, {"results": {"bf16": {"median_ms": 11.0}, "w4a8": {"median_ms": 12.0}}}, "GPU-X")
+    res = json.loads(f.read_text())["results"]
+    assert res == {"bf16": {"median_ms": 11.0}, "w8a8-fp8": {"median_ms": 8.0}, "w4a8": {"median_ms": 12.0}}
+    # another GPU's results are never merged
+    gs.write_result(args, {"results": {"bf16": {"median_ms": 1.0}}}, "GPU-Y")
+    assert json.loads(f.read_text())["results"] == {"bf16": {"median_ms": 1.0}}
+    assert not list(tmp_path.glob("*.tmp"))
