@@ -49,7 +49,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2 eval clips, fewer ablations")
     ap.add_argument("--out", default="bench/results/lsgquant_ablation.json")
+    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown table from --out's JSON")
     args = ap.parse_args()
+    if args.render:
+        print(render(Path(args.out)))
+        return
     torch.set_num_threads(2)
     runner = VSRRunner(progress=True)
     clips = load_eval_clips("builtin", runner.frames)
@@ -91,13 +95,32 @@ def main() -> None:
         print(f"{name:28s} psnr {r['psnr']:.3f}  vs-fp {r['psnr_vs_fp']:.2f}  quant {r['quant_time_s']:.0f}s",
               flush=True)
         atomic_write_text(Path(args.out), json.dumps(out, indent=1))  # partial results survive a stop
+    render(Path(args.out))
+
+
+def render(path: Path) -> str:
+    """The Markdown table (written next to the JSON) from a results JSON."""
+    out = json.loads(path.read_text())
+    rows = out["results"]
     fp = rows["fp"]["psnr"]
-    md = ["| variant | PSNR | Δ vs FP | SSIM | PSNR vs FP | warp err | quant time (s) |", "|---|---|---|---|---|---|---|"]
+    md = ["| variant | PSNR | Δ vs FP | SSIM | PSNR vs FP | warp err | low-rank share | QAO layers trained | "
+          "quant time (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
+        share = r.get("lowrank_share")
+        qao = r.get("notes", {}).get("qao")
+        trained = f"{qao['trained']} / {qao['trained'] + qao['skipped_time_budget']}" if qao else "-"
         md.append(f"| {k} | {r['psnr']:.3f} | {r['psnr'] - fp:+.3f} | {r['ssim']:.4f} | "
-                  f"{r.get('psnr_vs_fp', float('nan')):.2f} | {r['warp_error']:.4f} | {r.get('quant_time_s', '-')} |")
-    atomic_write_text(Path(args.out).with_suffix(".md"), "\n".join(md) + "\n")
-    print("\n".join(md))
+                  + (f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "-")
+                  + f" | {r['warp_error']:.4f} | " + (f"{100 * share:.2f}%" if share is not None else "-")
+                  + f" | {trained} | {r.get('quant_time_s', '-')} |")
+    sens = out.get("sensitivity", {})
+    if sens:
+        md += ["", f"Spearman correlation with the one-layer-at-a-time ground truth (W{sens['bits']}A{sens['bits']}, "
+                   f"{sens['layers']} layers): "
+               + ", ".join(f"{k} {v:.2f}" for k, v in sens["spearman"].items())]
+    text = "\n".join(md) + "\n"
+    atomic_write_text(path.with_suffix(".md"), text)
+    return text
 
 
 if __name__ == "__main__":

@@ -210,7 +210,8 @@ def evaluate_sets(runner: VSRRunner, sets: dict[str, list[EvalClip]], configs: l
         s = v.qm.plan.summary()
         info[tag] = {"config": v.config.to_dict(), "timings": v.info.get("timings", {}),
                      "notes": v.info.get("notes", {}), "quant_time_s": round(v.quant_time_s, 2),
-                     "avg_weight_bits": s["avg_weight_bits"], "variant": v}
+                     "avg_weight_bits": s["avg_weight_bits"], "lowrank_share": lowrank_share(v.qm.plan),
+                     "variant": v}
         if not keep_outputs and not isinstance(item, Variant):
             v.qm = None  # free the quantized model
         if on_variant is not None:
@@ -221,6 +222,13 @@ def evaluate_sets(runner: VSRRunner, sets: dict[str, list[EvalClip]], configs: l
             res[src]["_outputs"] = outputs[src]
             res[src]["_variants"] = [info[t]["variant"] for t in order if "variant" in info[t]]
     return res
+
+
+def lowrank_share(plan: Any) -> float:
+    """Parameters of the full-precision low-rank branches over the quantized layers' weights."""
+    q = plan.quantized_layers()
+    dense = sum(s.in_features * s.out_features for s in q)
+    return round(sum(s.rank * (s.in_features + s.out_features) for s in q) / dense, 5) if dense else 0.0
 
 
 def _summarize(runner: VSRRunner, clips: list[EvalClip], per_clip: dict, order: list[str],
@@ -237,9 +245,8 @@ def _summarize(runner: VSRRunner, clips: list[EvalClip], per_clip: dict, order: 
             continue
         results[t]["quant_time_s"] = info[t]["quant_time_s"]
         results[t]["avg_weight_bits"] = info[t]["avg_weight_bits"]
-        share = info[t]["notes"].get("lowrank_share")
-        if share is not None:
-            results[t]["lowrank_share"] = share
+        if info[t]["lowrank_share"]:
+            results[t]["lowrank_share"] = info[t]["lowrank_share"]
     return {"clips": len(clips), "ground_truth": all(c.hq is not None for c in clips), "frames": runner.frames,
             "tiling": f"{runner.frames} frames x {runner.tile}x{runner.tile} LQ tiles, overlap 8, ramp-blended",
             "results": results, "per_clip": {c.name: per_clip[c.name] for c in clips},

@@ -58,13 +58,17 @@ def table1_markdown(res: dict[str, Any]) -> str:
     """LSGQuant Table-1 layout: rows bits x method, columns PSNR, SSIM, fidelity, warp error, time."""
     r = res["results"]
     gt = res.get("ground_truth", True)
-    cols = (["PSNR ↑", "SSIM ↑"] if gt else []) + ["PSNR vs FP ↑", "warp error ↓", "quant. time (s)"]
+    share = any("lowrank_share" in m for m in r.values())
+    cols = (["PSNR ↑", "SSIM ↑"] if gt else []) + ["PSNR vs FP ↑", "warp error ↓", "quant. time (s)"] + (
+        ["low-rank share"] if share else [])
+
     lines = ["| bits | method | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
 
     def row(bits: str, name: str, m: dict) -> str:
         cells = ([f"{m['psnr']:.2f}", f"{m['ssim']:.4f}"] if gt else []) + [
             f"{m['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in m else "-", f"{m['warp_error']:.4f}",
-            f"{m['quant_time_s']:.1f}" if "quant_time_s" in m else "-"]
+            f"{m['quant_time_s']:.1f}" if "quant_time_s" in m else "-"] + (
+            [f"{100 * m['lowrank_share']:.1f}%" if m.get("lowrank_share") else "-"] if share else [])
         return f"| {bits} | {name} | " + " | ".join(cells) + " |"
 
     lines.append(row("FP32", "full precision", r["fp"]))

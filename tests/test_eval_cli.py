@@ -64,3 +64,20 @@ def test_compare_two_sets_share_variants_and_resume(tmp_path, capsys):
     assert second["results"]["minmax-w8a8"] == first["setA"]["results"]["minmax-w8a8"]
     assert main(base + ["--bits", "w8a8", "--time-budget", "-1"]) == 2
     assert "--time-budget" in capsys.readouterr().err
+
+
+def test_lowrank_share_is_parameter_weighted_and_tabled():
+    from lsgq_compiler.evaluate import lowrank_share
+    from lsgq_compiler.plan import LayerSpec, Plan
+    from lsgq_compiler.report import table1_markdown
+
+    plan = Plan(layers={"a": LayerSpec("a", 100, 100, weight_bits=4, act_bits=4, rank=1),
+                        "b": LayerSpec("b", 100, 300, weight_bits=4, act_bits=4, rank=0),
+                        "c": LayerSpec("c", 50, 50)})  # full precision: not counted
+    assert lowrank_share(plan) == pytest.approx(200 / 40000)
+    res = {"ground_truth": True, "results": {
+        "fp": {"psnr": 25.0, "ssim": 0.7, "warp_error": 0.01}, "bicubic": {"psnr": 23.0, "ssim": 0.6, "warp_error": 0.02},
+        "svdquant-w4a4": {"psnr": 24.9, "ssim": 0.69, "warp_error": 0.012, "psnr_vs_fp": 40.0, "quant_time_s": 5.0,
+                          "lowrank_share": 0.1667}}}
+    table = table1_markdown(res)
+    assert "low-rank share" in table and "| W4A4 | svdquant |" in table and "16.7%" in table
