@@ -118,13 +118,16 @@ def torchao_config(spec, device: str | torch.device = "cpu", fp8: bool = False):
 
 
 class _TorchaoCore(nn.Module):
-    """A plain ``nn.Linear(W_R, b)`` quantized in place by ``torchao.quantize_``."""
+    """A plain ``nn.Linear(W_R, b)`` quantized in place by ``torchao.quantize_``. FP8 rowwise
+    needs bf16 weights: such a core computes in bf16 and returns the input's dtype."""
 
     def __init__(self, layer: QuantLinear, config, device: torch.device) -> None:
         super().__init__()
-        from torchao.quantization import quantize_
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
 
-        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device=device)
+        self.compute_dtype = torch.bfloat16 if isinstance(config, Float8DynamicActivationFloat8WeightConfig) else None
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device=device,
+                        dtype=self.compute_dtype)
         with torch.no_grad():
             lin.weight.copy_(layer.weight.detach())
             if layer.bias is not None:
@@ -133,7 +136,9 @@ class _TorchaoCore(nn.Module):
         self.linear = lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        if self.compute_dtype is None:
+            return self.linear(x)
+        return self.linear(x.to(self.compute_dtype)).to(x.dtype)
 
 
 def torchao_core(layer: QuantLinear, device: str | torch.device = "cpu", fp8: bool = False):

@@ -220,7 +220,7 @@ class QuantLinear(nn.Module):
         w = self.effective_weight().float()
         wq = quantize_dequantize(w, s.weight_bits, s.weight_symmetric, s.weight_granularity, s.group_size) \
             if s.weight_bits else w
-        x = x.float()
+        x = x.to(w.device).float()  # calibration samples live on the CPU
         if s.act_bits is None:
             xq = x
         elif s.act_quantizer.startswith("draq"):
