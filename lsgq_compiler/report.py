@@ -94,24 +94,34 @@ def write_compare(out: Path, res: dict[str, Any], args: Any = None) -> None:
     atomic_write_text(out / "table.md", table1_markdown(res))
     r = res["results"]
     tags = [t for t in r if t not in ("fp", "bicubic")]
-    methods = sorted({t.rsplit("-", 1)[0] for t in tags})
-    bits = sorted({t.rsplit("-", 1)[1] for t in tags}, key=lambda b: int(b[1:].split("a")[0]))
-    key = "psnr" if res.get("ground_truth", True) else "psnr_vs_fp"
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(bits) * max(1, len(methods)) / 3, 3.8))
+    methods = list(dict.fromkeys(t.rsplit("-", 1)[0] for t in tags))  # the order they were run in
+    bits = sorted({t.rsplit("-", 1)[1] for t in tags}, key=lambda b: -int(b[1:].split("a")[0]))
+    keys = (["psnr"] if res.get("ground_truth", True) else []) + ["psnr_vs_fp"]
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[: max(len(methods), 1)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.0 + 2.2 * len(bits) * len(keys), 3.8), squeeze=False)
     width = 0.8 / max(len(methods), 1)
-    for i, m in enumerate(methods):
-        vals = [r.get(f"{m}-{b}", {}).get(key, np.nan) for b in bits]
-        ax.bar(np.arange(len(bits)) + i * width - 0.4 + width / 2, vals, width, label=m)
-    if key == "psnr":
-        ax.axhline(r["fp"]["psnr"], color="k", ls="--", lw=1, label="full precision")
-        ax.axhline(r["bicubic"]["psnr"], color="gray", ls=":", lw=1, label="bicubic")
-        lo = min(v.get("psnr", 99) for v in r.values())
-        ax.set_ylim(lo - 1.0, r["fp"]["psnr"] + 0.5)
-    ax.set_xticks(range(len(bits)))
-    ax.set_xticklabels([b.upper() for b in bits])
-    ax.set_ylabel("PSNR (dB)" if key == "psnr" else "PSNR vs full precision (dB)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{res['clips']} clips")
+    for ax, key in zip(axes[0], keys):
+        for i, m in enumerate(methods):
+            vals = [r.get(f"{m}-{b}", {}).get(key, np.nan) for b in bits]
+            ax.bar(np.arange(len(bits)) + i * width - 0.4 + width / 2, vals, width, label=m, color=colors[i],
+                   edgecolor="k" if m == "lsgquant" else "none", linewidth=0.8)
+        if key == "psnr":
+            ax.axhline(r["fp"]["psnr"], color="k", ls="--", lw=1, label="full precision")
+            ax.axhline(r["bicubic"]["psnr"], color="gray", ls=":", lw=1, label="bicubic")
+            lo = min(v.get("psnr", 99) for v in r.values())
+            ax.set_ylim(lo - 0.5, r["fp"]["psnr"] + 0.3)
+            ax.set_ylabel("PSNR vs ground truth (dB)")
+        else:
+            vals = [v["psnr_vs_fp"] for v in r.values() if np.isfinite(v.get("psnr_vs_fp", np.nan))]
+            if vals:
+                ax.set_ylim(min(vals) - 3, max(vals) + 2)
+            ax.set_ylabel("PSNR vs full precision (dB)")
+        ax.set_xticks(range(len(bits)))
+        ax.set_xticklabels([b.upper() for b in bits])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(f"{res['clips']} clips" + ("" if res.get("ground_truth", True) else " (no ground truth)"))
+    fig.tight_layout()
     _savefig(fig, out / "chart.png")
     plt.close(fig)
 
