@@ -33,13 +33,14 @@ per-token plan, stated in each layer's note).
 from __future__ import annotations
 
 import argparse
+import copy
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from lsgq_compiler.api import QuantizedModel
 from lsgq_compiler.capture import normalize_inputs
@@ -59,10 +60,7 @@ INTEGER_OPS = ("QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Dynami
 @torch.library.custom_op("lsgq_onnx::int8_dynamic_linear", mutates_args=())
 def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``DynamicQuantizeLinear(x) -> MatMulInteger(., w_q) * s_x s_w + bias``; ``w_q: (K, N) int8``."""
-    lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
-    s = ((hi - lo) / 255).clamp_min(1e-12)
-    z = torch.clamp(torch.round(-lo / s), 0, 255)
-    xq = torch.clamp(torch.round(x / s) + z, 0, 255)
+    xq, s, z = _dynamic_codes(x)
     return ((xq - z) @ w_q.float()) * (s * w_scale) + bias
 
 
@@ -135,9 +133,68 @@ def _(x, codes, scale, zero, bias, bits, block):
     return x.new_empty(*x.shape[:-1], codes.shape[1])
 
 
+@torch.library.custom_op("lsgq_onnx::int8_tensor_attention", mutates_args=())
+def int8_tensor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                          smooth_k: bool) -> torch.Tensor:
+    """8-bit ``Q K^T`` as onnxruntime runs it (``DynamicQuantizeLinear`` x2 -> ``MatMulIntegerToFloat``),
+    float softmax and ``P V``. ``q: (B, H, Nq, D)``, ``k, v: (B, H, N, D)`` -> ``(B, H, Nq, D)``.
+
+    The softmax scale is folded into Q and K is smoothed (token mean subtracted: exact before
+    quantization, see :mod:`lsgq_compiler.kernels.attention`) before each is quantized to uint8
+    per tensor. Integer products are exact in float32 here (|sum| < 2^22), so this matches ORT
+    up to the rounding of ``x / scale`` at ties.
+    """
+    uq, sq, zq = _dynamic_codes(q.float() * scale)
+    kf = k.float()
+    if smooth_k:
+        kf = kf - kf.mean(dim=-2, keepdim=True)
+    uk, sk, zk = _dynamic_codes(kf)
+    p = torch.softmax(((uq - zq) @ (uk - zk).transpose(-1, -2)) * (sq * sk), dim=-1)
+    return (p @ v.float()).to(q.dtype)
+
+
+def _dynamic_codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ONNX ``DynamicQuantizeLinear``: uint8 codes (as float), scale and zero point, per tensor."""
+    lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
+    s = ((hi - lo) / 255).clamp_min(1e-12)
+    z = torch.clamp(torch.round(-lo / s), 0, 255)
+    return torch.clamp(torch.round(x / s) + z, 0, 255), s, z
+
+
+@int8_tensor_attention.register_fake
+def _(q, k, v, scale, smooth_k):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("lsgq_onnx::attention", mutates_args=())
+def mha_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, heads: int) -> torch.Tensor:
+    """Full-precision attention exported as onnxruntime's fused ``com.microsoft.MultiHeadAttention``
+    (one kernel, no materialized score tensor per op). ``q: (B, H, Nq, D)``, ``k, v: (B, H, N, D)``,
+    ``heads == H``."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+@mha_attention.register_fake
+def _(q, k, v, scale, heads):
+    return torch.empty_like(q)
+
+
+def _mha_schema():
+    """The part of onnxruntime's ``com.microsoft.MultiHeadAttention`` schema we use (q, k, v as
+    ``(B, N, H*D)``; ``num_heads``, ``scale``): onnx itself has no schema for contrib ops."""
+    from onnx.defs import OpSchema
+
+    p = OpSchema.FormalParameter
+    return OpSchema("MultiHeadAttention", "com.microsoft", 1, inputs=[p("query", "T"), p("key", "T"), p("value", "T")],
+                    outputs=[p("output", "T")], type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "")],
+                    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads"),
+                                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale")])
+
+
 def _translations() -> dict:
     from onnx import TensorProto
     from onnxscript import opset21 as op
+    from onnxscript.values import Op, Opset
 
     def int8_dynamic(x, w_q, w_scale, bias):
         xq, s, z = op.DynamicQuantizeLinear(x)
@@ -181,8 +238,36 @@ def _translations() -> dict:
         w = op.DequantizeLinear(codes, scale, zero, axis=0, block_size=block)
         return op.Add(op.MatMul(x, w), bias)
 
+    def int8_attention(q, k, v, scale: float, smooth_k: bool):
+        qu, sq, zq = op.DynamicQuantizeLinear(op.Mul(q, op.Constant(value_float=scale)))
+        if smooth_k:
+            k = op.Sub(k, op.ReduceMean(k, op.Constant(value_ints=[-2]), keepdims=1))
+        ku, sk, zk = op.DynamicQuantizeLinear(k)
+        acc = op.Cast(op.MatMulInteger(qu, op.Transpose(ku, perm=[0, 1, 3, 2]), zq, zk), to=TensorProto.FLOAT)
+        return op.MatMul(op.Softmax(op.Mul(acc, op.Mul(sq, sk)), axis=-1), v)
+
+    mha = Op(Opset("com.microsoft", 1), "MultiHeadAttention", _mha_schema())  # an onnxruntime contrib op
+
+    def attention(q, k, v, scale: float, heads: int):
+        to_bsd = op.Constant(value_ints=[0, 0, -1])
+
+        def bsd(x):  # (B, H, N, D) -> (B, N, H*D); ORT cancels it against the model's own transpose
+            return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), to_bsd)
+
+        out = mha(bsd(q), bsd(k), bsd(v), num_heads=heads, scale=scale)
+        return op.Transpose(op.Reshape(out, op.Constant(value_ints=[0, 0, heads, -1])), perm=[0, 2, 1, 3])
+
+    def rms_norm(x, normalized_shape: Sequence[int], weight=None, eps: float | None = None):
+        # the pattern onnxruntime fuses into SimplifiedLayerNormalization (x / sqrt(mean(x^2) + eps))
+        axes = op.Constant(value_ints=list(range(-len(normalized_shape), 0)))
+        ms = op.ReduceMean(op.Pow(x, op.Constant(value_float=2.0)), axes, keepdims=1)
+        y = op.Div(x, op.Sqrt(op.Add(ms, op.Constant(value_float=float(torch.finfo(torch.float32).eps) if eps is None else eps))))
+        return y if weight is None else op.Mul(y, weight)
+
     ops = torch.ops.lsgq_onnx
-    return {ops.int8_dynamic_linear.default: int8_dynamic, ops.int8_token_linear.default: int8_token,
+    return {ops.attention.default: attention, torch.ops.aten.rms_norm.default: rms_norm,
+            ops.int8_tensor_attention.default: int8_attention,
+            ops.int8_dynamic_linear.default: int8_dynamic, ops.int8_token_linear.default: int8_token,
             ops.int8_static_linear.default: int8_static, ops.dq_linear.default: dq}
 
 
@@ -398,9 +483,43 @@ def lower_onnx(qm: QuantizedModel, act: str = "tensor", w4_block: int | None = 1
                                           "semantics of the torch fake-quant model")
 
     out = lower_layers(qm, make_core, f"onnx ({act})")
+    _lower_attention(out)
     if act == "static":
         _calibrate_static(out, calib_data, example_inputs)
     return out
+
+
+ATTENTION_KERNEL = "DynamicQuantizeLinear x2 + MatMulIntegerToFloat (uint8 Q.K^T per tensor), float P.V"
+
+
+def _lower_attention(lowered: QuantizedModel) -> int:
+    """Swap ``lsgq::int8_attention`` (per-block int8, the CUDA kernel's numerics) for its ONNX
+    form ``lsgq_onnx::int8_tensor_attention`` (per-tensor uint8, what ORT fuses into one integer
+    op) in ``lowered`` (a copy made by :func:`lower_layers`). Returns the number swapped."""
+    import lsgq_compiler.kernels.attention  # noqa: F401  (registers lsgq::int8_attention)
+
+    target = torch.ops.lsgq.int8_attention.default
+    g = lowered.gm.graph
+    count = 0
+    for n in list(g.nodes):
+        if n.op != "call_function" or n.target is not target:
+            continue
+        q, k, v, scale = n.args[:4]
+        smooth = n.args[4] if len(n.args) > 4 else n.kwargs.get("smooth_k", True)
+        with g.inserting_before(n):
+            new = g.call_function(torch.ops.lsgq_onnx.int8_tensor_attention.default, (q, k, v, float(scale),
+                                                                                      bool(smooth)))
+        new.meta.update(n.meta)
+        n.replace_all_uses_with(new)
+        g.erase_node(n)
+        count += 1
+    if count:
+        lowered.gm.recompile()
+        for rec in lowered.plan.attention.values():
+            if rec.get("quantized"):
+                rec.update(kernel=ATTENTION_KERNEL, backend="onnxruntime", real_kernel=True,
+                           note="plan: int8 per block of tokens; per tensor in ONNX")
+    return count
 
 
 def _calibrate_static(lowered: QuantizedModel, calib_data, example_inputs) -> None:
@@ -433,14 +552,52 @@ class _Forward(nn.Module):
         return self.model(*args, **kwargs)
 
 
-def _export(model: nn.Module, path: Path, example_inputs: Any, opset: int, table: dict | None) -> Path:
+def export_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A GraphModule sharing ``gm``'s modules and weights whose graph (a copy) has the export
+    rewrites applied: :class:`~lsgq_compiler.passes.interleave.InterleaveToStack` (interleaved
+    RoPE writes without ScatterND). ``gm`` is not modified."""
+    from lsgq_compiler.passes.interleave import InterleaveToStack
+
+    out = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    InterleaveToStack()(out)
+    _sdpa_to_mha(out)
+    return out
+
+
+def _sdpa_to_mha(gm: fx.GraphModule) -> int:
+    """Full-precision SDPA nodes (no mask, dropout, causal flag or GQA; 4-D) -> ``lsgq_onnx::attention``
+    (exported as ``com.microsoft.MultiHeadAttention``). Returns the number replaced."""
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    count = 0
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target != sdpa or len(n.args) > 3:
+            continue
+        kw = dict(n.kwargs)
+        qv = n.args[0].meta.get("val") if isinstance(n.args[0], fx.Node) else None
+        if (qv is None or qv.ndim != 4 or kw.get("attn_mask") is not None or kw.get("dropout_p", 0.0)
+                or kw.get("is_causal", False) or kw.get("enable_gqa", False)):
+            continue
+        scale = kw.get("scale") or float(qv.shape[-1]) ** -0.5
+        with gm.graph.inserting_before(n):
+            new = gm.graph.call_function(torch.ops.lsgq_onnx.attention.default,
+                                         (*n.args[:3], float(scale), int(qv.shape[1])))
+        new.meta.update(n.meta)
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
+        count += 1
+    if count:
+        gm.recompile()
+    return count
+
+
+def _export(gm: fx.GraphModule, path: Path, example_inputs: Any, opset: int, table: dict | None) -> Path:
     import onnx
 
     args, kwargs = normalize_inputs(example_inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(_Forward(model), args, kwargs=kwargs, dynamo=True, opset_version=opset,
+        prog = torch.onnx.export(_Forward(export_graph(gm)), args, kwargs=kwargs, dynamo=True, opset_version=opset,
                                  custom_translation_table=table, verbose=False)
     proto = fold_lowbit_casts(prog.model_proto)
     for n in proto.graph.node:  # the exporter's per-node stack traces: text larger than a small model
@@ -506,9 +663,6 @@ def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, ac
     """
     if opset < 21:
         raise user_error(f"opset {opset} has no blocked 4-bit DequantizeLinear", "use opset >= 21")
-    if any(n.op == "call_function" and "int8_attention" in str(n.target) for n in qm.gm.graph.nodes):
-        raise user_error("the model uses quantized attention (lsgq::int8_attention), which has no ONNX form",
-                         "compile with attention_bits unset to export to ONNX")
     lowered = lower_onnx(qm, act=act, w4_block=w4_block, calib_data=calib_data, example_inputs=example_inputs)
     return export_lowered(lowered, path, example_inputs, opset, check)
 
@@ -516,7 +670,7 @@ def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, ac
 def export_lowered(lowered: QuantizedModel, path: str | Path, example_inputs: Any, opset: int = OPSET,
                    check: bool = True) -> Path:
     """Write a model from :func:`lower_onnx` as ONNX (see :func:`export_onnx`)."""
-    out = _export(lowered, Path(path), example_inputs, opset, _translations())
+    out = _export(lowered.gm, Path(path), example_inputs, opset, _translations())
     if check:
         import onnx
 
@@ -526,9 +680,9 @@ def export_lowered(lowered: QuantizedModel, path: str | Path, example_inputs: An
 
 def export_float_onnx(model: nn.Module, path: str | Path, example_inputs: Any, opset: int = OPSET) -> Path:
     """The full-precision model as ONNX (the baseline for ORT FP32 and ``onnxruntime.quantization``)."""
-    from lsgq_compiler.capture import ReturnTensor
+    from lsgq_compiler.capture import capture
 
-    return _export(ReturnTensor(model).eval(), Path(path), example_inputs, opset, None)
+    return _export(capture(model, example_inputs).gm, Path(path), example_inputs, opset, _translations())
 
 
 # ----------------------------------------------------------------------------- onnxruntime helpers

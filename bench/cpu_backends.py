@@ -6,7 +6,8 @@
 Variants: full-precision eager torch, torch fake-quant W8A8 (the plan's reference numerics),
 torchao W8A8 (eager), inductor FP32 and the ``lsgq`` torch.compile backend (W8A8, torchao
 kernels + inductor), ORT FP32, ORT int8 (ours: per-token ``MatMulInteger``, per-tensor
-``DynamicQuantizeMatMul``, static QDQ ``QGemm``), ORT 4-bit weights (ours: ``MatMulNBits``), and
+``DynamicQuantizeMatMul``, the same plus 8-bit ``Q K^T`` (``attention_bits=8``), static QDQ
+``QGemm``), ORT 4-bit weights (ours: ``MatMulNBits``), and
 onnxruntime.quantization's ``quantize_dynamic`` / ``quantize_static`` / ``MatMulNBitsQuantizer``
 on the same FP32 export (baselines). Each variant runs in a fresh process (``--worker``) on
 ``--threads`` threads (inductor variants once: their compile time is in ``setup_s``):
@@ -38,13 +39,19 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ORT_VARIANTS = ("ort_fp32", "ort_int8_token", "ort_int8_tensor", "ort_int8_static", "ort_w4", "ortq_dynamic",
+ORT_VARIANTS = ("ort_fp32", "ort_int8_token", "ort_int8_tensor", "ort_int8_attn", "ort_int8_static", "ort_w4", "ortq_dynamic",
                 "ortq_static", "ortq_w4")
 TORCH_VARIANTS = ("torch_fp32", "torch_fakequant_w8a8", "torchao_w8a8")
 INDUCTOR_VARIANTS = ("inductor_fp32", "lsgq_inductor_w8a8")
 REFERENCE = {"torchao_w8a8": "w8a8", "ort_int8_token": "w8a8", "ort_int8_tensor": "w8a8", "ort_int8_static": "w8a8",
+             "ort_int8_attn": "w8a8attn",
              "ortq_dynamic": "w8a8", "ortq_static": "w8a8", "torch_fakequant_w8a8": "w8a8",
              "lsgq_inductor_w8a8": "w8a8", "ort_w4": "w4a8", "ortq_w4": "w4a8"}
+
+
+EXPORT_NOTE = ("every ORT variant (FP32 included) comes from the same export (backends/onnx.py export_graph): "
+               "interleaved RoPE writes as stack+reshape (no ScatterND/Transpose), full-precision attention as "
+               "com.microsoft.MultiHeadAttention, RMSNorm in the form ORT fuses to SimplifiedLayerNormalization")
 
 
 # ----------------------------------------------------------------------------- models and inputs
@@ -109,7 +116,12 @@ def prepare(args, work: Path) -> dict:
         with torch.no_grad():
             np.save(work / f"fakequant_{tag}.npy", qms[tag](**inputs).numpy())
             np.save(work / f"fakequant_{tag}_perturbed.npy", qms[tag](**perturbed(inputs)).numpy())
+    t0 = time.perf_counter()
+    qm_attn = compile_quantized(model, inputs, QuantConfig(weight_bits=8, act_bits=8, attention_bits=8),
+                                calib_data=calib, progress=False)
+    t["compile_w8a8attn_s"] = time.perf_counter() - t0
     with torch.no_grad():
+        np.save(work / "fakequant_w8a8attn.npy", qm_attn(**inputs).numpy())
         np.save(work / "fp32.npy", model(**inputs, return_dict=False)[0].numpy())
     save_file({k: v.detach().to(torch.bfloat16).contiguous() if v.is_floating_point() else v.contiguous()
                for k, v in model.state_dict().items()}, str(work / "checkpoint_bf16.safetensors"))
@@ -120,6 +132,7 @@ def prepare(args, work: Path) -> dict:
     export_float_onnx(model, work / "ort_fp32.onnx", inputs)
     export_onnx(qms["w8a8"], work / "ort_int8_token.onnx", inputs, act="token")
     export_onnx(qms["w8a8"], work / "ort_int8_tensor.onnx", inputs, act="tensor")
+    export_onnx(qm_attn, work / "ort_int8_attn.onnx", inputs, act="tensor")
     export_onnx(qms["w8a8"], work / "ort_int8_static.onnx", inputs, act="static", calib_data=calib)
     export_onnx(qms["w4a8"], work / "ort_w4.onnx", inputs, w4_block=args.w4_block)
     t["export_s"] = time.perf_counter() - t0
@@ -155,10 +168,12 @@ def ort_baselines(work: Path, calib: list, block: int) -> dict:
     errors = {}
     jobs = {
         "ortq_dynamic": lambda out: quantize_dynamic(fp, out, per_channel=True, weight_type=QuantType.QInt8,
-                                                     op_types_to_quantize=["MatMul", "Gemm"]),
+                                                     op_types_to_quantize=["MatMul", "Gemm"],
+                                                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}),
         "ortq_static": lambda out: quantize_static(fp, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                                   op_types_to_quantize=["MatMul", "Gemm"]),
+                                                   op_types_to_quantize=["MatMul", "Gemm"],
+                                                   extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}),
         "ortq_w4": lambda out: _nbits(MatMulNBitsQuantizer(onnx.load(str(fp)), bits=4, block_size=block,
                                                            is_symmetric=False), out),
     }
@@ -362,7 +377,9 @@ def main() -> None:
               "memory_method": "peak RSS during inference minus RSS before it (/proc/self/statm, 2 ms sampling), "
                                "one fresh process per variant", "latency_method": "median over rounds x repeats",
               "cpu": _cpu(), "variants": rows, "sizes": sizes, "prepare": prep, "failures": failures,
-              "ort_profile": ort_profile(work, ("ort_fp32", "ort_int8_token", "ort_int8_tensor"), args.threads),
+              "ort_profile": ort_profile(work, ("ort_fp32", "ort_int8_token", "ort_int8_tensor", "ort_int8_attn"),
+                                         args.threads),
+              "ort_export": EXPORT_NOTE,
               "ort_paired": paired_ort(work, [v for v in variants if v.startswith("ort")], args.threads,
                                        args.paired_iters),
               "command": " ".join(["python", "bench/cpu_backends.py"] + sys.argv[1:])}

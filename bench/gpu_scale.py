@@ -308,6 +308,10 @@ def run_speed(args, device: str, gpu: str = "none") -> dict:
                  "checkpoint_bytes": checkpoint_bytes(model, wbytes, 128 if qkind == "w4a8" else None),
                  "op_ms": ops, "linears": qkind or "bf16", "attention": "int8 Q.K^T / fp16 P.V" if attn else "sdpa bf16"}
             r["kernel"] = KERNEL_NOTES.get(qkind, "real kernel") if qkind else "bf16 GEMM"
+            if attn:
+                from lsgq_compiler.kernels.attention import CUDA_SETTINGS
+
+                r["attention_kernel_settings"] = {str(d): v for d, v in CUDA_SETTINGS.items()}
             if qkind == "int8":
                 r["bf16_small_m_linears"] = len(skip)
             if kernels is not None:

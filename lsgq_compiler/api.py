@@ -69,7 +69,9 @@ class QuantizedModel(nn.Module):
                          **getattr(m, "kernel_info", {})})
         for path, a in self.plan.attention.items():
             rows.append({"layer": path, "format": a["format"], "act": "-", "rank": 0, "rotate": False,
-                         "kernel": "triton int8 (CUDA) / simulated (CPU)" if a["quantized"] else "sdpa"})
+                         "kernel": a.get("kernel", "triton int8 (CUDA) / simulated (CPU)" if a["quantized"] else "sdpa"),
+                         "backend": a.get("backend", "torch"), "real_kernel": a.get("real_kernel", not a["quantized"]),
+                         **({"note": a["note"]} if "note" in a else {})})
         return rows
 
 

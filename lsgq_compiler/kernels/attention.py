@@ -56,8 +56,18 @@ def int8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return out.to(q.dtype)
 
 
-#: kernel settings for CUDA, tuned by bench/attention_kernel.py (see its JSON in bench/results)
-CUDA_SETTINGS = {"pv": "fp16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 3}
+#: kernel settings for CUDA per head dim, tuned on an H200 by bench/attention_kernel.py
+#: (bench/results/attention_kernel.json at head dim 64, attention_kernel_d128.json at 128)
+CUDA_SETTINGS = {64: {"pv": "fp16", "bm": 128, "bn": 128, "num_warps": 4, "num_stages": 3, "magic": True},
+                 128: {"pv": "fp16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 3, "magic": True}}
+
+
+def cuda_settings(head_dim: int) -> dict:
+    """Tuned kernel settings for ``head_dim`` (the nearest tuned size at or above it)."""
+    for d in sorted(CUDA_SETTINGS):
+        if head_dim <= d:
+            return dict(CUDA_SETTINGS[d])
+    return dict(CUDA_SETTINGS[max(CUDA_SETTINGS)])
 
 
 @torch.library.custom_op("lsgq::int8_attention", mutates_args=())
@@ -67,7 +77,7 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         from .triton_attention import triton_available, triton_int8_attention
 
         if triton_available():
-            return triton_int8_attention(q, k, v, scale, smooth_k, **CUDA_SETTINGS)
+            return triton_int8_attention(q, k, v, scale, smooth_k, **cuda_settings(q.shape[-1]))
     return int8_attention_reference(q, k, v, scale, smooth_k=smooth_k)
 
 

@@ -118,3 +118,57 @@ def test_cli_parser_and_bad_options(wan):
         lower_onnx(qm, act="per-token")
     with pytest.raises(ValueError, match="opset"):
         export_onnx(qm, "never.onnx", inp, opset=20)
+
+
+def test_export_graph_has_no_scatter_and_fused_attention(wan, tmp_path):
+    """The export rewrites (interleaved RoPE -> stack, SDPA -> MultiHeadAttention, RMSNorm in
+    ORT's fusable form) keep the FP32 model exact and leave ORT no ScatterND/Transpose storm."""
+    from lsgq_compiler.backends.onnx import export_float_onnx
+
+    m, inp = wan
+    path = export_float_onnx(m, tmp_path / "fp.onnx", inp)
+    ops = op_counts(path)
+    assert "ScatterND" not in ops and ops.get("MultiHeadAttention", 0) > 0
+    opt = tmp_path / "fp.opt.onnx"
+    y = _run(path, inp, optimized_path=opt)
+    with torch.no_grad():
+        ref = m(**inp, return_dict=False)[0]
+    assert sqnr(ref, y) >= 80.0  # float32 rounding only
+    assert op_counts(opt).get("SimplifiedLayerNormalization", 0) > 0
+
+
+def test_int8_attention_op_matches_ort_and_uses_integer_matmul(tmp_path):
+    from pathlib import Path
+
+    from lsgq_compiler.backends.onnx import _export, _translations
+
+    class Attn(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.ops.lsgq_onnx.int8_tensor_attention(q, k, v, 0.125, True)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 3, 200, 64, generator=g) for _ in range(3))
+    k = k + torch.linspace(-3, 3, 64)  # channel bias: smoothing matters
+    gm = torch.export.export(Attn(), (q, k, v)).module()
+    path = _export(gm, Path(tmp_path / "attn.onnx"), (q, k, v), 21, _translations())
+    opt = tmp_path / "attn.opt.onnx"
+    sess = ort_session(path, optimized_path=opt)
+    y = torch.from_numpy(sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), (q, k, v))})[0])
+    assert sqnr(Attn()(q, k, v), y) >= 60.0  # ORT computes what the torch op says
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert sqnr(ref, y) >= 30.0  # and that is 8-bit attention, not garbage
+    assert any(op_counts(opt).get(o, 0) for o in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"))
+
+
+def test_quantized_attention_exports_and_reports(wan, tmp_path):
+    m, inp = wan
+    qm = compile_quantized(m, inp, QuantConfig(weight_bits=8, act_bits=8, attention_bits=8,
+                                               options={"attention_min_kv": 1}), calib_data=[inp], progress=False)
+    assert any(a["quantized"] for a in qm.plan.attention.values())
+    lowered = lower_onnx(qm, act="tensor")
+    rows = [r for r in lowered.report() if r["layer"] in qm.plan.attention and qm.plan.attention[r["layer"]]["quantized"]]
+    assert rows and all(r["backend"] == "onnxruntime" and r["real_kernel"] for r in rows)
+    assert all(a.get("backend") is None for a in qm.plan.attention.values())  # qm itself untouched
+    path = export_onnx(qm, tmp_path / "attn.onnx", inp)
+    with torch.no_grad():
+        assert sqnr(lowered(**inp), _run(path, inp)) >= 40.0
