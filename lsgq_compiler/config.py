@@ -34,8 +34,9 @@ class QuantConfig:
         allowed_bits: bit-widths a mixed-precision allocator may pick from.
         time_budget_s: soft wall-time limit for training stages (None: no limit).
         options: recipe-specific options (e.g. ``{"lowrank_share": 0.02}``), JSON-able.
-        attention_bits: 8 replaces eligible attention by 8-bit attention (INT8 Q.K^T, FP16 P.V);
-            None keeps attention in full precision.
+        attention_bits: 8 replaces eligible attention by 8-bit attention (INT8 Q.K^T, FP16 P.V:
+            our Triton kernel on CUDA, a simulation on CPU; ONNX export runs Q.K^T on
+            onnxruntime's integer MatMul, per tensor); None keeps attention in full precision.
 
     Example:
         >>> QuantConfig(recipe="minmax", weight_bits=8, act_bits=8)
