@@ -552,15 +552,17 @@ class _Forward(nn.Module):
         return self.model(*args, **kwargs)
 
 
-def export_graph(gm: fx.GraphModule) -> fx.GraphModule:
+def export_graph(gm: fx.GraphModule, contrib_ops: bool = True) -> fx.GraphModule:
     """A GraphModule sharing ``gm``'s modules and weights whose graph (a copy) has the export
     rewrites applied: :class:`~lsgq_compiler.passes.interleave.InterleaveToStack` (interleaved
-    RoPE writes without ScatterND). ``gm`` is not modified."""
+    RoPE writes without ScatterND) and, with ``contrib_ops``, full-precision SDPA as onnxruntime's
+    ``com.microsoft.MultiHeadAttention``. ``gm`` is not modified."""
     from lsgq_compiler.passes.interleave import InterleaveToStack
 
     out = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     InterleaveToStack()(out)
-    _sdpa_to_mha(out)
+    if contrib_ops:
+        _sdpa_to_mha(out)
     return out
 
 
@@ -590,14 +592,15 @@ def _sdpa_to_mha(gm: fx.GraphModule) -> int:
     return count
 
 
-def _export(gm: fx.GraphModule, path: Path, example_inputs: Any, opset: int, table: dict | None) -> Path:
+def _export(gm: fx.GraphModule, path: Path, example_inputs: Any, opset: int, table: dict | None,
+            contrib_ops: bool = True) -> Path:
     import onnx
 
     args, kwargs = normalize_inputs(example_inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(_Forward(export_graph(gm)), args, kwargs=kwargs, dynamo=True, opset_version=opset,
+        prog = torch.onnx.export(_Forward(export_graph(gm, contrib_ops)), args, kwargs=kwargs, dynamo=True, opset_version=opset,
                                  custom_translation_table=table, verbose=False)
     proto = fold_lowbit_casts(prog.model_proto)
     for n in proto.graph.node:  # the exporter's per-node stack traces: text larger than a small model
@@ -638,7 +641,7 @@ def fold_lowbit_casts(proto):
 
 def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, act: str = "tensor",
                 w4_block: int | None = 128, calib_data: Iterable[Any] | None = None, opset: int = OPSET,
-                check: bool = True) -> Path:
+                check: bool = True, contrib_ops: bool = True) -> Path:
     """Write ``qm`` as an ONNX model whose quantized linears onnxruntime runs on integer kernels.
 
     Args:
@@ -653,6 +656,9 @@ def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, ac
         calib_data: calibration batches for ``act="static"``.
         opset: ONNX opset (>= 21: blocked 4-bit DequantizeLinear).
         check: run ``onnx.checker`` (full check) on the result.
+        contrib_ops: export full-precision attention as onnxruntime's fused
+            ``com.microsoft.MultiHeadAttention`` (default); False keeps standard ONNX ops only,
+            for other runtimes.
 
     Returns:
         The path written. ``lower_onnx(qm, ...)`` gives the torch model with the same semantics.
@@ -664,13 +670,13 @@ def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, ac
     if opset < 21:
         raise user_error(f"opset {opset} has no blocked 4-bit DequantizeLinear", "use opset >= 21")
     lowered = lower_onnx(qm, act=act, w4_block=w4_block, calib_data=calib_data, example_inputs=example_inputs)
-    return export_lowered(lowered, path, example_inputs, opset, check)
+    return export_lowered(lowered, path, example_inputs, opset, check, contrib_ops)
 
 
 def export_lowered(lowered: QuantizedModel, path: str | Path, example_inputs: Any, opset: int = OPSET,
-                   check: bool = True) -> Path:
+                   check: bool = True, contrib_ops: bool = True) -> Path:
     """Write a model from :func:`lower_onnx` as ONNX (see :func:`export_onnx`)."""
-    out = _export(lowered.gm, Path(path), example_inputs, opset, _translations())
+    out = _export(lowered.gm, Path(path), example_inputs, opset, _translations(), contrib_ops)
     if check:
         import onnx
 
@@ -678,11 +684,14 @@ def export_lowered(lowered: QuantizedModel, path: str | Path, example_inputs: An
     return out
 
 
-def export_float_onnx(model: nn.Module, path: str | Path, example_inputs: Any, opset: int = OPSET) -> Path:
-    """The full-precision model as ONNX (the baseline for ORT FP32 and ``onnxruntime.quantization``)."""
+def export_float_onnx(model: nn.Module, path: str | Path, example_inputs: Any, opset: int = OPSET,
+                      contrib_ops: bool = True) -> Path:
+    """The full-precision model as ONNX (the baseline for ORT FP32 and ``onnxruntime.quantization``),
+    through the same export rewrites as :func:`export_onnx`."""
     from lsgq_compiler.capture import capture
 
-    return _export(capture(model, example_inputs).gm, Path(path), example_inputs, opset, _translations())
+    return _export(capture(model, example_inputs).gm, Path(path), example_inputs, opset, _translations(),
+                   contrib_ops)
 
 
 # ----------------------------------------------------------------------------- onnxruntime helpers
@@ -739,6 +748,9 @@ def add_export_onnx_parser(subparsers) -> argparse.ArgumentParser:
                    help="8-bit activations: per-tensor dynamic (default, fastest), the plan's per-token "
                         "quantizer (exact, slower), or per-tensor static from calibration")
     p.add_argument("--w4-block", type=int, default=128)
+    p.add_argument("--standard-ops", action="store_true",
+                   help="standard ONNX ops only (no com.microsoft.MultiHeadAttention): for runtimes other than "
+                        "onnxruntime")
     p.add_argument("--frames", type=int, default=8, help="LQ clip frames (default 8)")
     p.add_argument("--size", type=int, default=32, help="LQ clip height = width (default 32: 128x128 output)")
     p.add_argument("--weights", default=None, help="TinyVSR weights (default: the shipped ones)")
@@ -765,7 +777,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
                                calib_data=[inputs], progress=False)
     calib = [vsr.transformer_inputs(torch.rand(lq.shape, generator=g)) for _ in range(2)]
     lowered = lower_onnx(qm, args.act, args.w4_block, calib, inputs)
-    path = export_lowered(lowered, args.out, inputs)
+    path = export_lowered(lowered, args.out, inputs, contrib_ops=not args.standard_ops)
     opt = Path(args.out).with_suffix(".ort-optimized.onnx")
     ort_session(path, optimized_path=opt)
     ints = {k: v for k, v in op_counts(opt).items() if k in INTEGER_OPS}

@@ -172,3 +172,15 @@ def test_quantized_attention_exports_and_reports(wan, tmp_path):
     path = export_onnx(qm, tmp_path / "attn.onnx", inp)
     with torch.no_grad():
         assert sqnr(lowered(**inp), _run(path, inp)) >= 40.0
+
+
+def test_standard_ops_export_has_no_contrib_ops(wan, tmp_path):
+    from lsgq_compiler.backends.onnx import export_float_onnx
+
+    m, inp = wan
+    path = export_float_onnx(m, tmp_path / "std.onnx", inp, contrib_ops=False)
+    proto = onnx.load(str(path))
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+    onnx.checker.check_model(proto, full_check=True)
+    with torch.no_grad():
+        assert sqnr(m(**inp, return_dict=False)[0], _run(path, inp)) >= 80.0
