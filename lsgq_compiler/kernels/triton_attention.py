@@ -112,22 +112,22 @@ if triton is not None:
                 vt = tl.load(v_base + offs_d[:, None] * svn + cols[None, :])
             acc = acc * alpha[:, None] + tl.dot((p * 256.0).to(tl.float8e4nv), tl.trans(vt))  # 2^8: off subnormals
         else:
-            if EXP == 0:
-                p32 = tl.math.exp2(x)
-                l_i = l_i * alpha + tl.sum(p32, 1)
-                p = p32.to(tl.float16)
-            else:
-                p = _exp2(x, EXP)  # fp16 (EXP 1) or bf16 (EXP 2): V's dtype
-                l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
             if MASK:
                 v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :], mask=cols[:, None] < N, other=0.0)
             else:
                 v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :])
+            if EXP == 0:
+                p32 = tl.math.exp2(x)
+                l_i = l_i * alpha + tl.sum(p32, 1)
+                p = p32.to(v.dtype)  # fp16 or bf16: V's dtype
+            else:
+                p = _exp2(x, EXP)  # fp16 (EXP 1) or bf16 (EXP 2): V's dtype
+                l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
             acc = acc * alpha[:, None] + tl.dot(p, v)
         return acc, l_i, m_new
 
     @triton.jit
-    def _int8_attn_fwd(Q, K, V, QS, KS, VS, O, NQ, N, NBQ, NBK, svbh, svn, sob, soh, son,
+    def _int8_attn_fwd(Q, K, V, QS, KS, VS, O, NQ, N, NBQ, NBK, svb, svh, svn, sob, soh, son,
                        H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        PV_FP8: tl.constexpr, EXP: tl.constexpr, MAGIC: tl.constexpr):
         pid_m = tl.program_id(0)
@@ -143,7 +143,7 @@ if triton is not None:
         l_i = tl.zeros((BM,), tl.float32)
         acc = tl.zeros((BM, D), tl.float32)
         k_base = K + pid_bh * N * D
-        v_base = V + pid_bh * svbh
+        v_base = V + b * svb + h * svh
         ks_ptr = KS + pid_bh * NBK
         n_full = (N // BN) * BN
         for start in range(0, n_full, BN):  # full blocks: no masks
@@ -179,7 +179,7 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
                           num_stages: int = 3, exp: str = "f32", magic: bool = False) -> torch.Tensor:
     """``q: (B, H, Nq, D)``, ``k, v: (B, H, N, D)`` CUDA tensors -> ``(B, H, Nq, D)`` in q's dtype.
 
-    ``pv``: ``"fp16"`` (P and V in fp16), ``"bf16"`` (P in bf16, V as given when bf16: no copy) or
+    ``pv``: ``"fp16"`` (P and V in fp16), ``"bf16"`` (P in bf16, V read in place when bf16: no copy) or
     ``"fp8"``. ``exp``: ``"f32"`` (fp32 ``ex2``, then P rounded to 16 bits) or ``"x2"`` (packed 16-bit
     ``ex2``: half the special-function work; P's precision is unchanged, its exponent argument is
     rounded to 16 bits). ``magic``: int32 scores to fp32 through the 1.5 * 2^23 bit trick instead of
@@ -189,8 +189,6 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     b, h, nq, d = q.shape
     n = k.shape[-2]
     magic = magic and d * 127 * 127 < 2 ** 22  # the bit trick needs |s| < 2^22 (head dim <= 260)
-    if pv == "bf16" and exp != "x2":
-        raise ValueError("pv='bf16' needs exp='x2' (packed bf16 exponentials)")
     qq, qs = quantize_qk(q, bm, scale * LOG2E, False)  # exp2-domain softmax
     kq, ks = quantize_qk(k, bn, 1.0, smooth_k)
     if pv == "fp8":
@@ -198,15 +196,17 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
         v8 = (v.float() / vs[:, :, None, :]).to(torch.float8_e4m3fn).transpose(-1, -2).reshape(b * h, d, n)
         v8 = v8.contiguous()  # (B*H, D, N)
         vs = vs.reshape(b * h, d).contiguous()
-    else:
-        v8 = v.to(torch.bfloat16 if pv == "bf16" else torch.float16).reshape(b * h, n, d).contiguous()  # (B*H, N, D)
+        svb, svh, svn = h * v8.stride(0), v8.stride(0), v8.stride(1)
+    else:  # (B, H, N, D), read in place when it already has P's dtype (bf16 models with pv="bf16": no copy)
+        vdt = torch.bfloat16 if pv == "bf16" else torch.float16
+        v8 = v if v.dtype == vdt and v.stride(-1) == 1 else v.to(vdt).contiguous()
         vs = qs  # unused
-    svbh, svn = v8.stride(0), v8.stride(1)
+        svb, svh, svn = v8.stride(0), v8.stride(1), v8.stride(2)
     out = torch.empty_like(q)
     grid = (triton.cdiv(nq, bm), b * h)
     exp_mode = 0 if exp == "f32" else 2 if pv == "bf16" else 1
-    _int8_attn_fwd[grid](qq, kq, v8, qs, ks, vs, out, nq, n, qs.shape[1], ks.shape[1], svbh, svn,
+    _int8_attn_fwd[grid](qq, kq, v8, qs, ks, vs, out, nq, n, qs.shape[1], ks.shape[1], svb, svh, svn,
                          out.stride(0), out.stride(1), out.stride(2),
-                         H=h, D=d, BM=bm, BN=bn, PV_FP8=pv == "fp8", EXP=exp_mode, MAGIC=magic, 
+                         H=h, D=d, BM=bm, BN=bn, PV_FP8=pv == "fp8", EXP=exp_mode, MAGIC=magic,
                          num_warps=num_warps, num_stages=num_stages)
     return out

@@ -51,7 +51,7 @@ def test_triton_kernel_cross_attention_lengths():
 
 
 FAST_MODES = [dict(exp="x2"), dict(magic=True), dict(magic=True, bn=128, num_stages=4),
-              dict(pv="bf16", exp="x2", magic=True)]
+              dict(pv="bf16", exp="x2", magic=True), dict(pv="bf16", magic=True, bn=128)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
@@ -76,3 +76,15 @@ def test_triton_magic_conversion_is_exact():
     a = triton_int8_attention(q, k, v, 64 ** -0.5, True, num_warps=4, magic=False)
     b = triton_int8_attention(q, k, v, 64 ** -0.5, True, num_warps=4, magic=True)
     assert sqnr(a.float(), b.float()) >= 60.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
+def test_triton_kernel_reads_strided_bf16_v_in_place():
+    """(B, N, H, D) projections viewed as (B, H, N, D), as diffusers passes them: same result as
+    contiguous inputs."""
+    from lsgq_compiler.kernels.triton_attention import triton_int8_attention
+
+    q, k, v = (t.cuda().to(torch.bfloat16).transpose(1, 2).contiguous().transpose(1, 2) for t in _qkv(n=500))
+    a = triton_int8_attention(q, k, v, 64 ** -0.5, True, pv="bf16", magic=True)
+    b = triton_int8_attention(q.contiguous(), k.contiguous(), v.contiguous(), 64 ** -0.5, True, pv="bf16", magic=True)
+    assert v.stride(-2) != v.shape[-1] and torch.equal(a, b)
