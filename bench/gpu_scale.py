@@ -388,6 +388,53 @@ def write_result(args, res: dict, gpu: str) -> Path:
     return out
 
 
+def plot_breakdown(results_dir: str | Path, out: str | Path | None = None, target: float = 1.6) -> Path:
+    """Stacked bars of per-op time (linears / attention / other) for every variant of each
+    ``gpu_scale_speed_<model>.json`` in ``results_dir``, with the bf16 time divided by ``target``
+    marked: where the milliseconds are, and how far the target is. Returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted(Path(results_dir).glob("gpu_scale_speed_*.json"))
+    files = [f for f in files if not f.stem.endswith("_small")]
+    if not files:
+        raise SystemExit(f"no gpu_scale_speed_*.json in {results_dir}: run --part speed first")
+    fig, axes = plt.subplots(len(files), 1, figsize=(9, 2.2 + 0.45 * 7 * len(files)), squeeze=False)
+    colors = {"linear_gemm": "#4c72b0", "attention": "#dd8452", "other": "#8c8c8c"}
+    for ax, f in zip(axes[:, 0], files):
+        d = json.loads(f.read_text())
+        rows = [(k, r) for k, r in d["results"].items() if "op_ms" in r]
+        names = [k for k, _ in rows][::-1]
+        left = [0.0] * len(rows)
+        for cat, col in colors.items():
+            vals = [r["op_ms"].get(cat, 0.0) for _, r in rows][::-1]
+            ax.barh(names, vals, left=left, color=col, label=cat.replace("_gemm", "s"))
+            left = [a + b for a, b in zip(left, vals)]
+        base = d["results"].get("bf16", {}).get("median_ms") or max(left)
+        xmax = 1.5 * base  # simulated variants (many times slower) run off the axis, labelled
+        for y, (_, r) in enumerate(rows[::-1]):
+            clipped = left[y] > 0.8 * xmax
+            ax.text(0.8 * xmax if clipped else left[y] * 1.01, y,
+                    f"{'>> ' if clipped else ''}{r['median_ms']:.0f} ms  {r.get('speedup_vs_bf16_compile', 0):.2f}x",
+                    va="center", fontsize=8, color="w" if clipped else "k")
+        if base:
+            ax.axvline(base / target, color="k", ls="--", lw=1)
+            ax.text(base / target, len(rows) - 0.4, f" {target}x target", fontsize=8)
+        ax.set_title(f"{d['model']}  ({d.get('gpu', '?')}, {d.get('video_tokens', '?')} video tokens)", fontsize=10)
+        ax.set_xlabel("ms per transformer call (per-op time from the profiler; label: end-to-end median)")
+        ax.set_xlim(0, xmax)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out = Path(out or Path(results_dir) / "gpu_scale_breakdown.png")
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["speed", "calib"], default="speed")
@@ -398,7 +445,12 @@ def main() -> None:
     ap.add_argument("--calib-clips", type=int, default=8)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--plot", action="store_true",
+                    help="only draw gpu_scale_breakdown.png from the JSON results in --out (no GPU needed)")
     args = ap.parse_args()
+    if args.plot:
+        print(f"wrote {plot_breakdown(args.out)}")
+        return
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

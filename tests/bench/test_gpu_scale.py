@@ -1,10 +1,11 @@
 """bench/gpu_scale.py's CPU-testable parts: which linears are quantized, checkpoint size
-arithmetic, the small-M guard for int8, and merging of --variants subset runs."""
+arithmetic, the small-M guard for int8, merging of --variants subset runs, and the breakdown plot."""
 import importlib.util
 import json
 import types
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -53,3 +54,23 @@ def test_subset_runs_merge_and_full_runs_replace(tmp_path, monkeypatch):
     gs.write_result(args, {"results": {"bf16": {"median_ms": 1.0}}}, "GPU-Y")
     assert json.loads(f.read_text())["results"] == {"bf16": {"median_ms": 1.0}}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_plot_breakdown_draws_every_variant(tmp_path):
+    res = {"model": "toy", "gpu": "none", "video_tokens": 10, "results": {
+        "bf16": {"median_ms": 100.0, "speedup_vs_bf16_compile": 1.0,
+                 "op_ms": {"linear_gemm": 30.0, "attention": 60.0, "other": 10.0}},
+        "fast": {"median_ms": 70.0, "speedup_vs_bf16_compile": 1.43,
+                 "op_ms": {"linear_gemm": 20.0, "attention": 45.0, "other": 5.0}},
+        "simulated": {"median_ms": 900.0, "speedup_vs_bf16_compile": 0.11,
+                      "op_ms": {"linear_gemm": 30.0, "attention": 60.0, "other": 810.0}},
+        "broken": {"error": "no kernel"}}}
+    (tmp_path / "gpu_scale_speed_toy.json").write_text(json.dumps(res))
+    out = gs.plot_breakdown(tmp_path)
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_plot_breakdown_without_results_says_what_to_run(tmp_path):
+    with pytest.raises(SystemExit, match="run --part speed first"):
+        gs.plot_breakdown(tmp_path)
