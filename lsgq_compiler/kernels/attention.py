@@ -78,7 +78,10 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         from .triton_attention import triton_available, triton_int8_attention
 
         if triton_available():
-            return triton_int8_attention(q, k, v, scale, smooth_k, **cuda_settings(q.shape[-1]))
+            cfg = cuda_settings(q.shape[-1])
+            if v.dtype == torch.float16 and cfg["pv"] == "bf16":
+                cfg["pv"] = "fp16"  # P.V in V's own 16-bit type: V is read in place, never copied
+            return triton_int8_attention(q, k, v, scale, smooth_k, **cfg)
     return int8_attention_reference(q, k, v, scale, smooth_k=smooth_k)
 
 
