@@ -58,9 +58,12 @@ def int8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 #: kernel settings for CUDA per head dim, tuned on an H200 by bench/attention_kernel.py
 #: (bench/results/attention_kernel.json at head dim 64, attention_kernel_d128.json at 128);
-#: P.V in bf16 reads a bf16 model's V in place (no fp16 copy)
-CUDA_SETTINGS = {64: {"pv": "bf16", "bm": 128, "bn": 128, "num_warps": 4, "num_stages": 3, "magic": True},
-                 128: {"pv": "bf16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 3, "magic": True}}
+#: P.V in bf16 reads a bf16 model's V in place (no fp16 copy); ``fixed_max``: a Cauchy-Schwarz
+#: bound replaces the running row max where it is small enough (bf16 P only)
+CUDA_SETTINGS = {64: {"pv": "bf16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 4, "magic": True,
+                      "fixed_max": True},
+                 128: {"pv": "bf16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 3, "magic": True,
+                       "fixed_max": True}}
 
 
 def cuda_settings(head_dim: int) -> dict:
@@ -81,6 +84,7 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
             cfg = cuda_settings(q.shape[-1])
             if v.dtype == torch.float16 and cfg["pv"] == "bf16":
                 cfg["pv"] = "fp16"  # P.V in V's own 16-bit type: V is read in place, never copied
+                cfg["fixed_max"] = False  # fp16 P cannot hold the fixed-offset range
             return triton_int8_attention(q, k, v, scale, smooth_k, **cfg)
     return int8_attention_reference(q, k, v, scale, smooth_k=smooth_k)
 

@@ -51,7 +51,33 @@ def test_triton_kernel_cross_attention_lengths():
 
 
 FAST_MODES = [dict(exp="x2"), dict(magic=True), dict(magic=True, bn=128, num_stages=4),
-              dict(pv="bf16", exp="x2", magic=True), dict(pv="bf16", magic=True, bn=128)]
+              dict(pv="bf16", exp="x2", magic=True), dict(pv="bf16", magic=True, bn=128),
+              dict(pv="bf16", magic=True, bn=128, exp="poly4"), dict(pv="bf16", magic=True, exp="poly2"),
+              dict(pv="bf16", magic=True, exp="poly1"), dict(pv="bf16", magic=True, bn=128, fixed_max=True),
+              dict(pv="bf16", magic=True, fixed_max=True, num_stages=4)]
+
+
+def test_fixed_max_needs_bf16_p():
+    """fp16 P cannot hold the fixed-offset range (up to 2^64): a clear error, before any kernel."""
+    from lsgq_compiler.kernels.triton_attention import triton_int8_attention
+
+    q = torch.zeros(1, 1, 8, 64)
+    with pytest.raises(ValueError, match="fixed_max=True needs pv='bf16'"):
+        triton_int8_attention(q, q, q, 0.125, pv="fp16", fixed_max=True)
+
+
+def test_poly_exp2_matches_exp2():
+    """The FMA-pipe exponential (FlashAttention-4's trick) the kernel uses for part of P: relative
+    error <= 1e-4 (P itself is rounded to bf16, 2^-9 = 2e-3), and -inf (masked keys) gives ~0."""
+    from lsgq_compiler.kernels.triton_attention import exp2_mix_asm, poly_exp2_reference
+
+    x = torch.cat([torch.linspace(-120.0, 0.0, 200_001), torch.rand(10_000) * -1.0])
+    rel = (poly_exp2_reference(x).double() / torch.exp2(x.double()) - 1).abs().max().item()
+    assert rel <= 1e-4
+    assert 0.0 <= poly_exp2_reference(torch.tensor([float("-inf"), -500.0])).max().item() < 1e-37
+    asm = exp2_mix_asm(4)
+    assert asm.count("ex2.approx") == 3 and "$3, p, j" in asm and "$7" in asm  # 3 of 4 on the SFU
+    assert exp2_mix_asm(1).count("ex2.approx") == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
@@ -92,3 +118,21 @@ def test_triton_kernel_reads_strided_v_in_place(dtype):
     assert v.stride(-2) != v.shape[-1] and torch.equal(a, b)
     ref = int8_attention_reference(q.float().cpu(), k.float().cpu(), v.float().cpu())
     assert sqnr(ref, int8_attention(q, k, v, 64 ** -0.5, True).float().cpu()) >= 35.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
+@pytest.mark.parametrize("q_gain", [1.0, 6.0, 60.0])
+def test_triton_fixed_max_bound_and_fallback(q_gain):
+    """``fixed_max`` replaces the running row max by a Cauchy-Schwarz bound. Gain 6 puts the bound
+    near its limit (scores spread over ~2^-60..1, P must not underflow); gain 60 exceeds the limit, so
+    those blocks take the online softmax. Either way the output matches the online kernel."""
+    from lsgq_compiler.kernels.triton_attention import triton_int8_attention
+
+    q, k, v = (t.cuda().to(torch.bfloat16) for t in _qkv(n=1000))
+    q = q * q_gain
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    online = triton_int8_attention(q, k, v, 64 ** -0.5, True, pv="bf16", bn=128, magic=True)
+    fixed = triton_int8_attention(q, k, v, 64 ** -0.5, True, pv="bf16", bn=128, magic=True, fixed_max=True)
+    assert torch.isfinite(fixed).all()
+    assert sqnr(online.float(), fixed.float()) >= 40.0
+    assert sqnr(ref, fixed.float()) >= sqnr(ref, online.float()) - 1.0
