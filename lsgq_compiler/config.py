@@ -34,7 +34,7 @@ class QuantConfig:
         allowed_bits: bit-widths a mixed-precision allocator may pick from.
         time_budget_s: soft wall-time limit for training stages (None: no limit).
         options: recipe-specific options (e.g. ``{"lowrank_share": 0.02}``), JSON-able.
-        attention_bits: 8 replaces eligible attention by 8-bit attention (INT8 Q.K^T, FP16 P.V:
+        attention_bits: 8 replaces eligible attention by 8-bit attention (INT8 Q.K^T, 16-bit P.V:
             our Triton kernel on CUDA, a simulation on CPU; ONNX export runs Q.K^T on
             onnxruntime's integer MatMul, per tensor); None keeps attention in full precision.
 
@@ -79,7 +79,7 @@ class QuantConfig:
             raise user_error(f"time_budget_s={self.time_budget_s} must be positive", "or None for no limit")
         if self.attention_bits not in (None, 8):
             raise user_error(f"attention_bits={self.attention_bits} is not supported",
-                             "use 8 (INT8 Q.K^T with FP16 P.V) or None (full-precision attention)")
+                             "use 8 (INT8 Q.K^T with 16-bit P.V) or None (full-precision attention)")
         try:
             json.dumps(self.options)
         except TypeError as e:

@@ -3,7 +3,7 @@
 At video token counts attention costs more than all the linears (ENGINEERING.md), so
 end-to-end speed needs it quantized too. Each SDPA node without mask, dropout or causal
 flag whose key length is at least ``min_kv_tokens`` becomes ``lsgq::int8_attention``
-(INT8 ``Q K^T`` with K smoothing, FP16 ``P V``; see :mod:`lsgq_compiler.kernels.attention`).
+(INT8 ``Q K^T`` with K smoothing, ``P V`` in V's 16-bit type; see :mod:`lsgq_compiler.kernels.attention`).
 Decisions are recorded per attention module in ``plan.attention`` (on/off, key length,
 and the sensitivity when measured); layers listed in ``keep`` stay in full precision.
 """

@@ -1,4 +1,4 @@
-"""8-bit attention in the manner of SageAttention: INT8 ``Q K^T`` with K smoothing, FP16 ``P V``.
+"""8-bit attention in the manner of SageAttention: INT8 ``Q K^T`` with K smoothing, 16-bit ``P V``.
 
 Shape notation: ``q, k, v: (B, H, N, D)``; per-block scales ``(B, H, ceil(N / block))``.
 
@@ -6,7 +6,8 @@ Shape notation: ``q, k, v: (B, H, N, D)``; per-block scales ``(B, H, ceil(N / bl
   per-row constant, and ``q . mean(K)`` is one, so this is exact before quantization and
   removes the channel bias that makes K hard to quantize.
 - Q and K are quantized to int8 per block of tokens (symmetric); the softmax scale is
-  folded into Q's scale. ``P`` and ``V`` are multiplied in fp16 with fp32 accumulation.
+  folded into Q's scale. ``P`` and ``V`` are multiplied in V's 16-bit type (bf16 or fp16; the
+  CPU reference uses fp16) with fp32 accumulation.
 
 ``lsgq::int8_attention`` is a torch custom op: on CUDA with Triton it runs the fused
 kernel (:mod:`lsgq_compiler.kernels.triton_attention`); elsewhere it runs the reference
