@@ -6,7 +6,7 @@ Prints and writes bench/results/attention_kernel.json (or $OUT): median ms per c
 events, 20 repeats), SQNR vs bf16 SDPA (torch's default backend, cuDNN on Hopper; the flash
 backend is timed too), for each kernel variant (P.V in fp16/bf16/fp8; fp32 or packed 16-bit
 exponentials, or a share of them by a polynomial on the FMA pipe; int32->fp32 by I2F or the bit trick;
-running row max or a fixed Cauchy-Schwarz bound) and tile config, plus the quantization
+running row max or a fixed Cauchy-Schwarz bound; row sums by adds or on the tensor cores) and tile config, plus the quantization
 prologue alone. ``best``: the fastest config with SQNR >= 30 dB.
 """
 from __future__ import annotations
@@ -79,6 +79,8 @@ def main():
     for bn in (128, 64):  # fixed row max (a Cauchy-Schwarz bound instead of the running max)
         configs += [dict(fast, pv="bf16", bn=bn, fixed_max=True, num_stages=s) for s in (3, 4)]
         configs.append(dict(fast, pv="bf16", bn=bn, fixed_max=True, exp="poly4"))
+        configs += [dict(fast, pv="bf16", bn=bn, fixed_max=True, num_stages=4, rowsum_mma=True),
+                    dict(fast, pv="bf16", bn=bn, rowsum_mma=True)]
     for tiles in [(128, 128, 4, 3), (128, 128, 4, 4), (128, 128, 4, 2), (128, 64, 8, 3), (128, 128, 8, 3),
                   (64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (256, 128, 8, 3)]:
         configs.append(dict(fast, **dict(zip(("bm", "bn", "num_warps", "num_stages"), tiles))))
@@ -101,7 +103,7 @@ def main():
 
     qs_, ks_, vs_ = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     sd = bench(lambda: F.scaled_dot_product_attention(qs_, ks_, vs_))
-    keys = ("pv", "bm", "bn", "num_warps", "num_stages", "exp", "magic", "fixed_max")
+    keys = ("pv", "bm", "bn", "num_warps", "num_stages", "exp", "magic", "fixed_max", "rowsum_mma")
     for name, cfg in (("model_layout", cuda_settings(args.dim)),
                       ("model_layout_best", {k_: res["best"][k_] for k_ in keys if k_ in (res["best"] or {})})):
         ms = bench(lambda: triton_int8_attention(qs_, ks_, vs_, scale, True, **cfg))

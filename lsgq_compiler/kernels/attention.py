@@ -60,9 +60,10 @@ def int8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 #: kernel settings for CUDA per head dim, tuned on an H200 by bench/attention_kernel.py
 #: (bench/results/attention_kernel.json at head dim 64, attention_kernel_d128.json at 128);
 #: P.V in bf16 reads a bf16 model's V in place (no fp16 copy); ``fixed_max``: a Cauchy-Schwarz
-#: bound replaces the running row max where it is small enough (bf16 P only)
+#: bound replaces the running row max where it is small enough (bf16 P only); ``rowsum_mma``:
+#: softmax denominators on the tensor cores (faster at head dim 64, slower at 128)
 CUDA_SETTINGS = {64: {"pv": "bf16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 4, "magic": True,
-                      "fixed_max": True},
+                      "fixed_max": True, "rowsum_mma": True},
                  128: {"pv": "bf16", "bm": 128, "bn": 64, "num_warps": 4, "num_stages": 3, "magic": True,
                        "fixed_max": True}}
 

@@ -129,7 +129,7 @@ if triton is not None:
     def _attn_block(acc, l_i, m_i, q, q_scale, k_base, v_base, ks_ptr, start, N, svn,
                     offs_n, offs_d, D: tl.constexpr, BN: tl.constexpr, PV_FP8: tl.constexpr, MASK: tl.constexpr,
                     EXP: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
-                    CONS: tl.constexpr, PACK: tl.constexpr, FIXED: tl.constexpr):
+                    CONS: tl.constexpr, PACK: tl.constexpr, FIXED: tl.constexpr, ROWMMA: tl.constexpr):
         cols = start + offs_n
         if MASK:
             k = tl.load(k_base + cols[:, None] * D + offs_d[None, :], mask=cols[:, None] < N, other=0.0)
@@ -183,13 +183,21 @@ if triton is not None:
                     p32 = tl.math.exp2(x)
                 else:
                     p32 = _exp2_mix(x, ASM, CONS, PACK)
+                p = p32.to(v.dtype)  # fp16 or bf16: V's dtype
+            else:
+                p = _exp2(x, EXP)  # fp16 (EXP 1) or bf16 (EXP 2): V's dtype
+            if ROWMMA:  # row sums on the tensor cores: P @ ones, accumulated in place (16 equal columns)
+                ones = tl.full((BN, 16), 1.0, v.dtype)
+                if FIXED:
+                    l_i = tl.dot(p, ones, l_i)
+                else:
+                    l_i = l_i * alpha[:, None] + tl.dot(p, ones)
+            elif EXP == 0 or EXP >= 3:
                 if FIXED:
                     l_i = l_i + tl.sum(p32, 1)
                 else:
                     l_i = l_i * alpha + tl.sum(p32, 1)
-                p = p32.to(v.dtype)  # fp16 or bf16: V's dtype
             else:
-                p = _exp2(x, EXP)  # fp16 (EXP 1) or bf16 (EXP 2): V's dtype
                 l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
             if FIXED:
                 acc = tl.dot(p, v, acc)
@@ -200,21 +208,22 @@ if triton is not None:
     @triton.jit
     def _attn_loop(acc, l_i, m_i, q, q_scale, k_base, v_base, ks_ptr, N, svn, offs_n, offs_d, D: tl.constexpr,
                    BN: tl.constexpr, PV_FP8: tl.constexpr, EXP: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
-                   CONS: tl.constexpr, PACK: tl.constexpr, FIXED: tl.constexpr):
+                   CONS: tl.constexpr, PACK: tl.constexpr, FIXED: tl.constexpr, ROWMMA: tl.constexpr):
         n_full = (N // BN) * BN
         for start in range(0, n_full, BN):  # full blocks: no masks
             acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, q_scale, k_base, v_base, ks_ptr, start, N, svn, offs_n,
-                                        offs_d, D, BN, PV_FP8, False, EXP, MAGIC, ASM, CONS, PACK, FIXED)
+                                        offs_d, D, BN, PV_FP8, False, EXP, MAGIC, ASM, CONS, PACK, FIXED, ROWMMA)
         if n_full < N:
             acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, q_scale, k_base, v_base, ks_ptr, n_full, N, svn, offs_n,
-                                        offs_d, D, BN, PV_FP8, True, EXP, MAGIC, ASM, CONS, PACK, FIXED)
+                                        offs_d, D, BN, PV_FP8, True, EXP, MAGIC, ASM, CONS, PACK, FIXED, ROWMMA)
         return acc, l_i, m_i
 
     @triton.jit
     def _int8_attn_fwd(Q, K, V, QS, KS, VS, O, NQ, N, NBQ, NBK, svb, svh, svn, sob, soh, son,
                        H: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        PV_FP8: tl.constexpr, EXP: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
-                       CONS: tl.constexpr, PACK: tl.constexpr, KN, FIXED: tl.constexpr, LIMIT: tl.constexpr):
+                       CONS: tl.constexpr, PACK: tl.constexpr, KN, FIXED: tl.constexpr, LIMIT: tl.constexpr,
+                       ROWMMA: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -225,7 +234,10 @@ if triton is not None:
         q = tl.load(Q + pid_bh * NQ * D + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < NQ, other=0.0)
         q_scale = tl.load(QS + pid_bh * NBQ + pid_m)
         m_i = tl.full((BM,), float("-inf"), tl.float32)
-        l_i = tl.zeros((BM,), tl.float32)
+        if ROWMMA:
+            l_i = tl.zeros((BM, 16), tl.float32)
+        else:
+            l_i = tl.zeros((BM,), tl.float32)
         acc = tl.zeros((BM, D), tl.float32)
         k_base = K + pid_bh * N * D
         v_base = V + b * svb + h * svh
@@ -239,14 +251,17 @@ if triton is not None:
             bound = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(KN + pid_bh)
             if tl.max(bound, 0) <= LIMIT:
                 acc, l_i, m_i = _attn_loop(acc, l_i, bound - 64.0, q, q_scale, k_base, v_base, ks_ptr, N, svn, offs_n,
-                                           offs_d, D, BN, PV_FP8, EXP, MAGIC, ASM, CONS, PACK, True)
+                                           offs_d, D, BN, PV_FP8, EXP, MAGIC, ASM, CONS, PACK, True, ROWMMA)
             else:
                 acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, q_scale, k_base, v_base, ks_ptr, N, svn, offs_n,
-                                           offs_d, D, BN, PV_FP8, EXP, MAGIC, ASM, CONS, PACK, False)
+                                           offs_d, D, BN, PV_FP8, EXP, MAGIC, ASM, CONS, PACK, False, ROWMMA)
         else:
             acc, l_i, m_i = _attn_loop(acc, l_i, m_i, q, q_scale, k_base, v_base, ks_ptr, N, svn, offs_n,
-                                       offs_d, D, BN, PV_FP8, EXP, MAGIC, ASM, CONS, PACK, False)
-        out = acc / l_i[:, None]
+                                       offs_d, D, BN, PV_FP8, EXP, MAGIC, ASM, CONS, PACK, False, ROWMMA)
+        if ROWMMA:
+            out = acc / (tl.sum(l_i, 1) * 0.0625)[:, None]
+        else:
+            out = acc / l_i[:, None]
         if PV_FP8:
             out = out * (tl.load(VS + pid_bh * D + offs_d)[None, :] / 256.0)
         tl.store(O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :], out.to(O.dtype.element_ty),
@@ -274,7 +289,7 @@ def quantize_qk(x: torch.Tensor, block: int, mul: float, smooth: bool,
 def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, smooth_k: bool = True,
                           pv: str = "fp16", bm: int = DEFAULT_BM, bn: int = DEFAULT_BN, num_warps: int = 8,
                           num_stages: int = 3, exp: str = "f32", magic: bool = False,
-                          fixed_max: bool = False, fixed_limit: float = 80.0) -> torch.Tensor:
+                          fixed_max: bool = False, fixed_limit: float = 80.0, rowsum_mma: bool = False) -> torch.Tensor:
     """``q: (B, H, Nq, D)``, ``k, v: (B, H, N, D)`` CUDA tensors -> ``(B, H, Nq, D)`` in q's dtype.
 
     ``pv``: ``"fp16"`` (P and V in fp16), ``"bf16"`` (P in bf16, V read in place when bf16: no copy) or
@@ -283,9 +298,12 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     rounded to 16 bits). ``magic``: int32 scores to fp32 through the 1.5 * 2^23 bit trick instead of
     I2F conversions (exact). ``fixed_max``: a Cauchy-Schwarz bound of each row's scores replaces the running row max
     (no max, no rescaling in the loop; blocks whose bound exceeds ``fixed_limit`` (exp2 domain) take
-    the usual online softmax). bench/attention_kernel.py measures each choice; CUDA_SETTINGS in
+    the usual online softmax). ``rowsum_mma``: the softmax denominators as ``P @ ones`` on the tensor
+    cores instead of one add per score. bench/attention_kernel.py measures each choice; CUDA_SETTINGS in
     :mod:`lsgq_compiler.kernels.attention` holds the fastest.
     """
+    if rowsum_mma and pv == "fp8":
+        raise ValueError("rowsum_mma=True needs pv='fp16' or 'bf16'")
     if fixed_max and pv != "bf16":
         raise ValueError(f"fixed_max=True needs pv='bf16' (got pv={pv!r}): P may reach 2^64, beyond fp16's "
                          "range; use pv='bf16' or fixed_max=False")
@@ -323,6 +341,6 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     _int8_attn_fwd[grid](qq, kq, v8, qs, ks, vs, out, nq, n, qs.shape[1], ks.shape[1], svb, svh, svn,
                          out.stride(0), out.stride(1), out.stride(2),
                          H=h, D=d, BM=bm, BN=bn, PV_FP8=pv == "fp8", EXP=exp_mode, MAGIC=magic, ASM=asm, CONS=cons, PACK=pack,
-                         KN=kn, FIXED=fixed_max, LIMIT=float(fixed_limit),
+                         KN=kn, FIXED=fixed_max, LIMIT=float(fixed_limit), ROWMMA=rowsum_mma,
                          num_warps=num_warps, num_stages=num_stages)
     return out
