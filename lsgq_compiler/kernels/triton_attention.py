@@ -17,7 +17,7 @@ so the int32 result read as fp32 is exactly ``1.5 * 2^23 + s``, and scale, offse
 fold into one FMA per score. Measured on an H200 (bench/attention_kernel.py): 9.3 -> 8.3 ms at
 DOVE's shape, same output bits up to fp rounding. With ``fixed_max=True`` (bf16 P) a
 Cauchy-Schwarz bound of each row's scores stands in for the running row max: no max, no
-rescaling of the output in the loop (8.99 -> 7.97 ms with 64-key tiles); tiles whose bound is
+rescaling of the output in the loop (8.95 -> 8.13 ms with 64-key tiles); tiles whose bound is
 too large for that take the online softmax.
 """
 from __future__ import annotations
