@@ -71,7 +71,7 @@ class QuantizedModel(nn.Module):
             rows.append({"layer": path, "format": a["format"], "act": "-", "rank": 0, "rotate": False,
                          "kernel": a.get("kernel", "triton int8 (CUDA) / simulated (CPU)" if a["quantized"] else "sdpa"),
                          "backend": a.get("backend", "torch"), "real_kernel": a.get("real_kernel", not a["quantized"]),
-                         **({"note": a["note"]} if "note" in a else {})})
+                         **{k: a[k] for k in ("note", "sqnr_db", "reason") if k in a}})
         return rows
 
 
@@ -125,7 +125,9 @@ def compile_quantized(
 
             keep = tuple(k for k, v in (plan.attention.items() if plan else ()) if not v.get("quantized", True))
             passes.append(QuantizeAttention(ctx, min_kv_tokens=int(config.options.get("attention_min_kv", 256)),
-                                            keep=keep))
+                                            keep=keep, measure=not (plan and plan.attention),
+                                            min_sqnr_db=float(config.options.get("attention_min_sqnr_db", 25.0)),
+                                            calib_batches=int(config.options.get("attention_calib_batches", 2))))
         peak: dict[str, float] = {}
         gm = run_passes(captured.gm, passes, ctx.timings, peak)
     if quant_state is not None:

@@ -37,6 +37,11 @@ class QuantConfig:
         attention_bits: 8 replaces eligible attention by 8-bit attention (INT8 Q.K^T, 16-bit P.V:
             our Triton kernel on CUDA, a simulation on CPU; ONNX export runs Q.K^T on
             onnxruntime's integer MatMul, per tensor); None keeps attention in full precision.
+            Per layer: attentions over fewer than ``options["attention_min_kv"]`` keys (256) stay
+            in full precision, and so do layers whose 8-bit output measures below
+            ``options["attention_min_sqnr_db"]`` (25 dB) against SDPA on the first
+            ``options["attention_calib_batches"]`` (2) calibration batches; ``plan.attention``
+            records each decision.
 
     Example:
         >>> QuantConfig(recipe="minmax", weight_bits=8, act_bits=8)
