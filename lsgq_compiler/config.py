@@ -93,8 +93,9 @@ class QuantConfig:
 
     @property
     def tag(self) -> str:
-        """Short name such as ``minmax-w4a4``."""
-        return f"{self.recipe}-w{self.weight_bits}a{self.act_bits}"
+        """Short name such as ``minmax-w4a4`` (``minmax-w8a8-attn8`` with 8-bit attention)."""
+        return f"{self.recipe}-w{self.weight_bits}a{self.act_bits}" + (f"-attn{self.attention_bits}"
+                                                                       if self.attention_bits else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

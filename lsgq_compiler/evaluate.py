@@ -51,8 +51,10 @@ class Variant:
     info: dict = field(default_factory=dict)
 
 
-def parse_variants(recipes: str, bits: str, options: dict | None = None) -> list[QuantConfig]:
-    """``"minmax,lsgquant"`` (or ``"all"``) x ``"w4a4,w8a8"`` -> configs (validated)."""
+def parse_variants(recipes: str, bits: str, options: dict | None = None,
+                   attention_bits: int | None = None) -> list[QuantConfig]:
+    """``"minmax,lsgquant"`` (or ``"all"``) x ``"w4a4,w8a8"`` -> configs (validated); ``attention_bits``
+    (8) adds 8-bit attention to every variant."""
     from .recipes import RECIPES
 
     names = sorted(RECIPES, key=lambda n: n == "lsgquant") if recipes.strip() == "all" else [r.strip() for r in recipes.split(",") if r.strip()]
@@ -65,7 +67,8 @@ def parse_variants(recipes: str, bits: str, options: dict | None = None) -> list
                 wb, ab = (int(v) for v in b[1:].split("a"))
             except ValueError:
                 raise user_error(f"bad bit-width {b!r}", "use the form w4a4, w6a6, w8a8") from None
-            out.append(QuantConfig(recipe=r, weight_bits=wb, act_bits=ab, options=dict(options or {})))
+            out.append(QuantConfig(recipe=r, weight_bits=wb, act_bits=ab, options=dict(options or {}),
+                                   attention_bits=attention_bits))
     if not out:
         raise user_error("no recipe/bit-width combination to evaluate", "pass --recipes and --bits")
     return out
@@ -283,6 +286,9 @@ def add_eval_arguments(p: argparse.ArgumentParser, compare: bool = False) -> Non
     p.add_argument("--json", default=None, help="write the results JSON here")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe option (JSON value), e.g. --option full_iters=100")
+    p.add_argument("--attention-bits", type=int, choices=[8], default=None,
+                   help="8-bit attention (INT8 Q.K^T) in every variant, layer by layer by measured SQNR "
+                        "(variant names get -attn8)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="wall-time limit of each variant's training stages (default: the recipe's own budgets)")
     if compare:
@@ -316,7 +322,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         raise user_error(f"--frames {args.frames} is too small", "use at least 2 frames")
     if args.time_budget is not None and args.time_budget <= 0:
         raise user_error(f"--time-budget {args.time_budget} must be positive", "give seconds, e.g. --time-budget 60")
-    configs = parse_variants(args.recipes, args.bits, _parse_options(args.option))
+    configs = parse_variants(args.recipes, args.bits, _parse_options(args.option), getattr(args, "attention_bits", None))
     if args.time_budget is not None:
         configs = [dataclasses.replace(c, time_budget_s=args.time_budget) for c in configs]
     sources = [c.strip() for c in args.clips.split(",") if c.strip()]

@@ -81,3 +81,28 @@ def test_lowrank_share_is_parameter_weighted_and_tabled():
                           "lowrank_share": 0.1667}}}
     table = table1_markdown(res)
     assert "low-rank share" in table and "| W4A4 | svdquant |" in table and "16.7%" in table
+
+
+def test_eval_with_8bit_attention(tmp_path):
+    """--attention-bits 8: the variant is named -attn8, its attention layers run 8-bit, and the
+    frames stay close to full precision."""
+    clips = tmp_path / "clips"
+    write_frames(clips / "a", _clip(1, 3, 64, 64))
+    out = tmp_path / "res.json"
+    rc = main(["eval", "--clips", str(clips), "--recipes", "minmax", "--bits", "w8a8", "--frames", "3",
+               "--attention-bits", "8", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    r = res["results"]
+    assert "minmax-w8a8-attn8" in r and r["minmax-w8a8-attn8"]["psnr_vs_fp"] > 35.0
+    att = res["variants"]["minmax-w8a8-attn8"]["notes"]["attention"]
+    assert any(a["quantized"] and a["sqnr_db"] >= 25.0 for a in att.values())
+
+
+def test_attention_bits_in_variant_names():
+    from lsgq_compiler.evaluate import parse_variants
+
+    cfgs = parse_variants("minmax", "w4a4,w8a8", attention_bits=8)
+    assert [c.tag for c in cfgs] == ["minmax-w4a4-attn8", "minmax-w8a8-attn8"]
+    assert all(c.attention_bits == 8 for c in cfgs)
+    assert [c.tag for c in parse_variants("minmax", "w8a8")] == ["minmax-w8a8"]
