@@ -19,12 +19,9 @@ from torch import fx
 
 import lsgq_compiler.kernels.attention  # noqa: F401  (registers torch.ops.lsgq.int8_attention)
 
-from .infra import PassBase, PassContext, PassResult
+from lsgq_compiler.calibration import run_batches
 
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
+from .infra import PassBase, PassContext, PassResult
 
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 ATTN_KEY = "lsgq_attention"
@@ -74,11 +71,8 @@ def attention_sqnr(gm: fx.GraphModule, nodes: dict[str, fx.Node], batches: list[
         for p, n in nodes.items():
             n.target = probe(p, _scale(n))
         gm.recompile()
-        it = batches if tqdm is None else tqdm(batches, desc="attention sensitivity", leave=False,
-                                               disable=not progress or len(batches) < 2)
         with torch.no_grad():
-            for args, kwargs in it:
-                gm(*args, **kwargs)
+            run_batches(gm, batches, desc="attention sensitivity", progress=progress)
     finally:
         for p, n in nodes.items():
             n.target = saved[p]
