@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -166,6 +167,28 @@ def _(q, k, v, scale, smooth_k):
     return torch.empty_like(q)
 
 
+@torch.library.custom_op("lsgq_onnx::cpu_int8_attention", mutates_args=())
+def cpu_int8_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, heads: int) -> torch.Tensor:
+    """8-bit attention as onnxruntime runs it with lsgq's custom op ``com.lsgq::Int8Attention``
+    (:mod:`lsgq_compiler.kernels.cpu_attention`: INT8 ``Q K^T`` on AVX-512 VNNI, per-row Q and
+    per-64-key K scales, fp32 softmax and ``P V``). ``q: (B, H, Nq, D)``, ``k, v: (B, H, N, D)``,
+    ``heads == H`` -> ``(B, H, Nq, D)``; runs the same C++ kernel, on the CPU."""
+    from lsgq_compiler.kernels.cpu_attention import cpu_int8_attention
+
+    b, h, nq, d = q.shape
+
+    def bsd(x: torch.Tensor) -> np.ndarray:
+        return x.detach().float().cpu().transpose(1, 2).reshape(b, x.shape[2], h * d).contiguous().numpy()
+
+    out = cpu_int8_attention(bsd(q), bsd(k), bsd(v), heads, scale)
+    return torch.from_numpy(out).view(b, nq, h, d).transpose(1, 2).to(device=q.device, dtype=q.dtype)
+
+
+@cpu_int8_attention_op.register_fake
+def _(q, k, v, scale, heads):
+    return torch.empty_like(q)
+
+
 @torch.library.custom_op("lsgq_onnx::attention", mutates_args=())
 def mha_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, heads: int) -> torch.Tensor:
     """Full-precision attention exported as onnxruntime's fused ``com.microsoft.MultiHeadAttention``
@@ -187,6 +210,18 @@ def _mha_schema():
     p = OpSchema.FormalParameter
     return OpSchema("MultiHeadAttention", "com.microsoft", 1, inputs=[p("query", "T"), p("key", "T"), p("value", "T")],
                     outputs=[p("output", "T")], type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "")],
+                    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads"),
+                                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale")])
+
+
+def _lsgq_attention_schema():
+    """Schema of lsgq's onnxruntime custom op ``com.lsgq::Int8Attention`` (inputs and attributes
+    as ``com.microsoft.MultiHeadAttention``; registered by ``ort_session``)."""
+    from onnx.defs import OpSchema
+
+    p = OpSchema.FormalParameter
+    return OpSchema("Int8Attention", "com.lsgq", 1, inputs=[p("query", "T"), p("key", "T"), p("value", "T")],
+                    outputs=[p("output", "T")], type_constraints=[("T", ["tensor(float)"], "")],
                     attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads"),
                                 OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale")])
 
@@ -248,13 +283,17 @@ def _translations() -> dict:
 
     mha = Op(Opset("com.microsoft", 1), "MultiHeadAttention", _mha_schema())  # an onnxruntime contrib op
 
+    lsgq_attn = Op(Opset("com.lsgq", 1), "Int8Attention", _lsgq_attention_schema())  # lsgq's custom op
+
+    def bsd(x):  # (B, H, N, D) -> (B, N, H*D); ORT cancels it against the model's own transpose
+        return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))
+
     def attention(q, k, v, scale: float, heads: int):
-        to_bsd = op.Constant(value_ints=[0, 0, -1])
-
-        def bsd(x):  # (B, H, N, D) -> (B, N, H*D); ORT cancels it against the model's own transpose
-            return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), to_bsd)
-
         out = mha(bsd(q), bsd(k), bsd(v), num_heads=heads, scale=scale)
+        return op.Transpose(op.Reshape(out, op.Constant(value_ints=[0, 0, heads, -1])), perm=[0, 2, 1, 3])
+
+    def cpu_int8_attention(q, k, v, scale: float, heads: int):
+        out = lsgq_attn(bsd(q), bsd(k), bsd(v), num_heads=heads, scale=scale)
         return op.Transpose(op.Reshape(out, op.Constant(value_ints=[0, 0, heads, -1])), perm=[0, 2, 1, 3])
 
     def rms_norm(x, normalized_shape: Sequence[int], weight=None, eps: float | None = None):
@@ -266,7 +305,7 @@ def _translations() -> dict:
 
     ops = torch.ops.lsgq_onnx
     return {ops.attention.default: attention, torch.ops.aten.rms_norm.default: rms_norm,
-            ops.int8_tensor_attention.default: int8_attention,
+            ops.int8_tensor_attention.default: int8_attention, ops.cpu_int8_attention.default: cpu_int8_attention,
             ops.int8_dynamic_linear.default: int8_dynamic, ops.int8_token_linear.default: int8_token,
             ops.int8_static_linear.default: int8_static, ops.dq_linear.default: dq}
 
@@ -432,7 +471,8 @@ def _w4_block(layer: QuantLinear, w4_block: int | None) -> int | None:
 
 
 def lower_onnx(qm: QuantizedModel, act: str = "tensor", w4_block: int | None = 128,
-               calib_data: Iterable[Any] | None = None, example_inputs: Any = None) -> QuantizedModel:
+               calib_data: Iterable[Any] | None = None, example_inputs: Any = None,
+               attention_kernel: str = "ort") -> QuantizedModel:
     """A copy of ``qm`` with every linear in its ONNX-export form (a torch model with the
     exported graph's semantics: run it to check ORT parity, or pass it to :func:`export_onnx`).
 
@@ -442,7 +482,14 @@ def lower_onnx(qm: QuantizedModel, act: str = "tensor", w4_block: int | None = 1
             ``calib_data``, or on ``example_inputs`` with a warning).
         w4_block: block size for 4-bit weights (with 8- or 16-bit activations) whose plan
             block ORT cannot fuse (per-row weights with K not a power of two); None keeps them.
+        attention_kernel: for the plan's 8-bit attention layers: ``"ort"`` (onnxruntime's
+            own ops: ``DynamicQuantizeLinear`` + ``MatMulIntegerToFloat`` for ``Q K^T``, per
+            tensor) or ``"lsgq"`` (lsgq's fused custom op ``com.lsgq::Int8Attention``, an
+            AVX-512 VNNI kernel; sessions from :func:`ort_session` register it).
     """
+    if attention_kernel not in ATTENTION_KERNELS:
+        raise user_error(f"attention_kernel={attention_kernel!r} is not an ONNX attention kernel",
+                         f"use one of {ATTENTION_KERNELS}")
     if act not in ACT_MODES:
         raise user_error(f"act={act!r} is not an ONNX activation mode", f"use one of {ACT_MODES}")
 
@@ -483,19 +530,22 @@ def lower_onnx(qm: QuantizedModel, act: str = "tensor", w4_block: int | None = 1
                                           "semantics of the torch fake-quant model")
 
     out = lower_layers(qm, make_core, f"onnx ({act})")
-    _lower_attention(out)
+    _lower_attention(out, attention_kernel)
     if act == "static":
         _calibrate_static(out, calib_data, example_inputs)
     return out
 
 
+ATTENTION_KERNELS = ("ort", "lsgq")
 ATTENTION_KERNEL = "DynamicQuantizeLinear x2 + MatMulIntegerToFloat (uint8 Q.K^T per tensor), float P.V"
+LSGQ_ATTENTION_KERNEL = "com.lsgq::Int8Attention (lsgq custom op: INT8 Q.K^T on AVX-512 VNNI, fp32 P.V, fused)"
 
 
-def _lower_attention(lowered: QuantizedModel) -> int:
+def _lower_attention(lowered: QuantizedModel, kernel: str = "ort") -> int:
     """Swap ``lsgq::int8_attention`` (per-block int8, the CUDA kernel's numerics) for its ONNX
-    form ``lsgq_onnx::int8_tensor_attention`` (per-tensor uint8, what ORT fuses into one integer
-    op) in ``lowered`` (a copy made by :func:`lower_layers`). Returns the number swapped."""
+    form in ``lowered`` (a copy made by :func:`lower_layers`): ``kernel="ort"``:
+    ``lsgq_onnx::int8_tensor_attention`` (per-tensor uint8, what ORT fuses into one integer op);
+    ``"lsgq"``: ``lsgq_onnx::cpu_int8_attention`` (lsgq's custom op). Returns the number swapped."""
     import lsgq_compiler.kernels.attention  # noqa: F401  (registers lsgq::int8_attention)
 
     target = torch.ops.lsgq.int8_attention.default
@@ -506,19 +556,29 @@ def _lower_attention(lowered: QuantizedModel) -> int:
             continue
         q, k, v, scale = n.args[:4]
         smooth = n.args[4] if len(n.args) > 4 else n.kwargs.get("smooth_k", True)
+        qv = q.meta.get("val") if isinstance(q, fx.Node) else None
         with g.inserting_before(n):
-            new = g.call_function(torch.ops.lsgq_onnx.int8_tensor_attention.default, (q, k, v, float(scale),
-                                                                                      bool(smooth)))
+            if kernel == "lsgq":
+                if qv is None or qv.ndim != 4 or qv.shape[-1] % 4 or qv.shape[-1] > 128:
+                    raise user_error(f"attention node {n.name} has no 4-D shape with head dim <= 128 (multiple of 4)",
+                                     "export with attention_kernel='ort'")
+                new = g.call_function(torch.ops.lsgq_onnx.cpu_int8_attention.default,
+                                      (q, k, v, float(scale), int(qv.shape[1])))
+            else:
+                new = g.call_function(torch.ops.lsgq_onnx.int8_tensor_attention.default,
+                                      (q, k, v, float(scale), bool(smooth)))
         new.meta.update(n.meta)
         n.replace_all_uses_with(new)
         g.erase_node(n)
         count += 1
     if count:
         lowered.gm.recompile()
+        note = ("plan: int8 per block of tokens; per tensor in ONNX" if kernel == "ort" else
+                "plan: int8 per block of tokens; the custom op: Q per row, K per 64 keys")
         for rec in lowered.plan.attention.values():
             if rec.get("quantized"):
-                rec.update(kernel=ATTENTION_KERNEL, backend="onnxruntime", real_kernel=True,
-                           note="plan: int8 per block of tokens; per tensor in ONNX")
+                rec.update(kernel=ATTENTION_KERNEL if kernel == "ort" else LSGQ_ATTENTION_KERNEL,
+                           backend="onnxruntime", real_kernel=True, note=note)
     return count
 
 
@@ -606,7 +666,12 @@ def _export(gm: fx.GraphModule, path: Path, example_inputs: Any, opset: int, tab
     for n in proto.graph.node:  # the exporter's per-node stack traces: text larger than a small model
         del n.metadata_props[:]
         n.doc_string = ""
-    onnx.save(proto, str(path))
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:  # written under a temporary name, then renamed: no half-written model at `path`
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -641,7 +706,7 @@ def fold_lowbit_casts(proto):
 
 def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, act: str = "tensor",
                 w4_block: int | None = 128, calib_data: Iterable[Any] | None = None, opset: int = OPSET,
-                check: bool = True, contrib_ops: bool = True) -> Path:
+                check: bool = True, contrib_ops: bool = True, attention_kernel: str = "ort") -> Path:
     """Write ``qm`` as an ONNX model whose quantized linears onnxruntime runs on integer kernels.
 
     Args:
@@ -659,6 +724,9 @@ def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, ac
         contrib_ops: export full-precision attention as onnxruntime's fused
             ``com.microsoft.MultiHeadAttention`` (default); False keeps standard ONNX ops only,
             for other runtimes.
+        attention_kernel: the plan's 8-bit attention as onnxruntime's own integer ops
+            (``"ort"``) or as lsgq's fused custom op ``com.lsgq::Int8Attention`` (``"lsgq"``;
+            run it in a session from :func:`ort_session`, which registers the op library).
 
     Returns:
         The path written. ``lower_onnx(qm, ...)`` gives the torch model with the same semantics.
@@ -669,7 +737,8 @@ def export_onnx(qm: QuantizedModel, path: str | Path, example_inputs: Any, *, ac
     """
     if opset < 21:
         raise user_error(f"opset {opset} has no blocked 4-bit DequantizeLinear", "use opset >= 21")
-    lowered = lower_onnx(qm, act=act, w4_block=w4_block, calib_data=calib_data, example_inputs=example_inputs)
+    lowered = lower_onnx(qm, act=act, w4_block=w4_block, calib_data=calib_data, example_inputs=example_inputs,
+                         attention_kernel=attention_kernel)
     return export_lowered(lowered, path, example_inputs, opset, check, contrib_ops)
 
 
@@ -696,11 +765,28 @@ def export_float_onnx(model: nn.Module, path: str | Path, example_inputs: Any, o
 
 # ----------------------------------------------------------------------------- onnxruntime helpers
 def ort_session(path: str | Path, threads: int | None = None, optimized_path: str | Path | None = None,
-                accuracy_level: int | None = None):
-    """An onnxruntime CPU session; ``optimized_path`` saves the graph after ORT's fusions."""
+                accuracy_level: int | None = None, spinning: bool | None = None):
+    """An onnxruntime CPU session; ``optimized_path`` saves the graph after ORT's fusions.
+
+    A model that uses lsgq's custom op (``com.lsgq`` domain) gets the op library registered; the
+    op runs on ``threads`` threads (default: one per core). ``spinning``: whether ORT's idle
+    intra-op threads busy-wait for the next op (ORT's default). None: ORT's default, except for
+    models with lsgq ops, where it is off: the op runs its own threads, and ORT's spinning
+    workers would take the cores from them."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    lsgq_ops = uses_lsgq_ops(path)
+    if lsgq_ops:
+        from lsgq_compiler.kernels.cpu_attention import ort_library
+
+        so.register_custom_ops_library(ort_library())
+        if threads:
+            os.environ["LSGQ_ATTENTION_THREADS"] = str(threads)
+    if spinning is None:
+        spinning = not lsgq_ops
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
@@ -710,6 +796,16 @@ def ort_session(path: str | Path, threads: int | None = None, optimized_path: st
     if accuracy_level is not None:
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def uses_lsgq_ops(path: str | Path) -> bool:
+    """True when the ONNX model at ``path`` imports the ``com.lsgq`` domain (lsgq's custom ops)."""
+    import onnx
+
+    from lsgq_compiler.kernels.cpu_attention import ORT_DOMAIN
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(o.domain == ORT_DOMAIN for o in model.opset_import)
 
 
 def ort_feed(sess, example_inputs: Any) -> dict[str, np.ndarray]:
@@ -751,6 +847,11 @@ def add_export_onnx_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--standard-ops", action="store_true",
                    help="standard ONNX ops only (no com.microsoft.MultiHeadAttention): for runtimes other than "
                         "onnxruntime")
+    p.add_argument("--attention-bits", type=int, choices=(8,), default=None,
+                   help="8-bit attention where the plan's measurement allows it (default: float attention)")
+    p.add_argument("--attention-kernel", choices=ATTENTION_KERNELS, default="ort",
+                   help="8-bit attention as onnxruntime's own integer ops (ort) or lsgq's fused AVX-512 VNNI "
+                        "custom op com.lsgq::Int8Attention (lsgq; ort_session registers it)")
     p.add_argument("--frames", type=int, default=8, help="LQ clip frames (default 8)")
     p.add_argument("--size", type=int, default=32, help="LQ clip height = width (default 32: 128x128 output)")
     p.add_argument("--weights", default=None, help="TinyVSR weights (default: the shipped ones)")
@@ -773,10 +874,11 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     else:
         wb, _, ab = args.bits.partition("/")
         qm = compile_quantized(vsr.transformer, inputs, QuantConfig(recipe=args.recipe, weight_bits=int(wb),
-                                                                    act_bits=int(ab or wb)),
+                                                                    act_bits=int(ab or wb),
+                                                                    attention_bits=args.attention_bits),
                                calib_data=[inputs], progress=False)
     calib = [vsr.transformer_inputs(torch.rand(lq.shape, generator=g)) for _ in range(2)]
-    lowered = lower_onnx(qm, args.act, args.w4_block, calib, inputs)
+    lowered = lower_onnx(qm, args.act, args.w4_block, calib, inputs, attention_kernel=args.attention_kernel)
     path = export_lowered(lowered, args.out, inputs, contrib_ops=not args.standard_ops)
     opt = Path(args.out).with_suffix(".ort-optimized.onnx")
     ort_session(path, optimized_path=opt)

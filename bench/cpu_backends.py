@@ -6,8 +6,9 @@
 Variants: full-precision eager torch, torch fake-quant W8A8 (the plan's reference numerics),
 torchao W8A8 (eager), inductor FP32 and the ``lsgq`` torch.compile backend (W8A8, torchao
 kernels + inductor), ORT FP32, ORT int8 (ours: per-token ``MatMulInteger``, per-tensor
-``DynamicQuantizeMatMul``, the same plus 8-bit ``Q K^T`` (``attention_bits=8``), static QDQ
-``QGemm``), ORT 4-bit weights (ours: ``MatMulNBits``), and
+``DynamicQuantizeMatMul``, the same plus 8-bit ``Q K^T`` (``attention_bits=8``) as ORT's own
+integer ops or as lsgq's fused custom op ``com.lsgq::Int8Attention``, static QDQ ``QGemm``),
+ORT 4-bit weights (ours: ``MatMulNBits``), and
 onnxruntime.quantization's ``quantize_dynamic`` / ``quantize_static`` / ``MatMulNBitsQuantizer``
 on the same FP32 export (baselines). Each variant runs in a fresh process (``--worker``) on
 ``--threads`` threads (inductor variants once: their compile time is in ``setup_s``):
@@ -39,12 +40,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ORT_VARIANTS = ("ort_fp32", "ort_int8_token", "ort_int8_tensor", "ort_int8_attn", "ort_int8_static", "ort_w4", "ortq_dynamic",
-                "ortq_static", "ortq_w4")
+ORT_VARIANTS = ("ort_fp32", "ort_int8_token", "ort_int8_tensor", "ort_int8_attn", "ort_int8_lsgq_attn", "ort_int8_static",
+                "ort_w4", "ortq_dynamic", "ortq_static", "ortq_w4")
 TORCH_VARIANTS = ("torch_fp32", "torch_fakequant_w8a8", "torchao_w8a8")
 INDUCTOR_VARIANTS = ("inductor_fp32", "lsgq_inductor_w8a8")
 REFERENCE = {"torchao_w8a8": "w8a8", "ort_int8_token": "w8a8", "ort_int8_tensor": "w8a8", "ort_int8_static": "w8a8",
-             "ort_int8_attn": "w8a8attn",
+             "ort_int8_attn": "w8a8attn", "ort_int8_lsgq_attn": "w8a8attn",
              "ortq_dynamic": "w8a8", "ortq_static": "w8a8", "torch_fakequant_w8a8": "w8a8",
              "lsgq_inductor_w8a8": "w8a8", "ort_w4": "w4a8", "ortq_w4": "w4a8"}
 
@@ -133,6 +134,7 @@ def prepare(args, work: Path) -> dict:
     export_onnx(qms["w8a8"], work / "ort_int8_token.onnx", inputs, act="token")
     export_onnx(qms["w8a8"], work / "ort_int8_tensor.onnx", inputs, act="tensor")
     export_onnx(qm_attn, work / "ort_int8_attn.onnx", inputs, act="tensor")
+    export_onnx(qm_attn, work / "ort_int8_lsgq_attn.onnx", inputs, act="tensor", attention_kernel="lsgq")
     export_onnx(qms["w8a8"], work / "ort_int8_static.onnx", inputs, act="static", calib_data=calib)
     export_onnx(qms["w4a8"], work / "ort_w4.onnx", inputs, w4_block=args.w4_block)
     t["export_s"] = time.perf_counter() - t0
@@ -377,24 +379,35 @@ def main() -> None:
               "memory_method": "peak RSS during inference minus RSS before it (/proc/self/statm, 2 ms sampling), "
                                "one fresh process per variant", "latency_method": "median over rounds x repeats",
               "cpu": _cpu(), "variants": rows, "sizes": sizes, "prepare": prep, "failures": failures,
-              "ort_profile": ort_profile(work, ("ort_fp32", "ort_int8_token", "ort_int8_tensor", "ort_int8_attn"),
-                                         args.threads),
+              "ort_profile": ort_profile(work, ("ort_fp32", "ort_int8_token", "ort_int8_tensor", "ort_int8_attn",
+                                                "ort_int8_lsgq_attn"), args.threads),
               "ort_export": EXPORT_NOTE,
               "ort_paired": paired_ort(work, [v for v in variants if v.startswith("ort")], args.threads,
                                        args.paired_iters),
+              "ort_paired_no_spinning": paired_ort(work, [v for v in variants if v.startswith("ort")], args.threads,
+                                                   args.paired_iters, spinning=False),
+              "ort_paired_note": "ort_paired: every session with ort_session's defaults (ORT's idle threads spin, "
+                                 "except in sessions with lsgq's custom op); ort_paired_no_spinning: spinning off in "
+                                 "every session (session.intra_op.allow_spinning=0), plus ort_fp32_spinning: the "
+                                 "FP32 session with ORT's default, to show what the setting does to the baseline",
               "command": " ".join(["python", "bench/cpu_backends.py"] + sys.argv[1:])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(markdown(result))
 
 
-def paired_ort(work: Path, names: list[str], threads: int, iters: int) -> dict:
+def paired_ort(work: Path, names: list[str], threads: int, iters: int, spinning: bool | None = None) -> dict:
     """All ORT sessions in one process, called in rotation ``iters`` times: load from other
-    processes hits every variant alike, and the per-iteration ratio to ORT FP32 is paired."""
+    processes hits every variant alike, and the per-iteration ratio to ORT FP32 is paired.
+    ``spinning``: ORT's idle-thread spinning in every session (None: ``ort_session``'s default);
+    with False, an ``ort_fp32_spinning`` session (ORT's default) is added for comparison."""
     from lsgq_compiler.backends.onnx import ort_feed, ort_session
 
     inputs = read_inputs(work / "inputs.safetensors")
-    sessions = {n: ort_session(work / f"{n}.onnx", threads=threads) for n in names}
+    sessions = {n: ort_session(work / f"{n}.onnx", threads=threads, spinning=spinning) for n in names}
+    if spinning is False:
+        sessions["ort_fp32_spinning"] = ort_session(work / "ort_fp32.onnx", threads=threads, spinning=True)
+        names = [*names, "ort_fp32_spinning"]
     feeds = {n: ort_feed(s, inputs) for n, s in sessions.items()}
     times: dict[str, list[float]] = {n: [] for n in names}
     for n in names:
@@ -417,13 +430,19 @@ def ort_profile(work: Path, names: tuple[str, ...], threads: int, runs: int = 3)
 
     import onnxruntime as ort
 
-    from lsgq_compiler.backends.onnx import ort_feed
+    from lsgq_compiler.backends.onnx import ort_feed, uses_lsgq_ops
+    from lsgq_compiler.kernels.cpu_attention import ort_library
 
     inputs = read_inputs(work / "inputs.safetensors")
     out = {}
     for name in names:
+        if not (work / f"{name}.onnx").is_file():
+            continue
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.enable_profiling = threads, True
+        if uses_lsgq_ops(work / f"{name}.onnx"):
+            so.register_custom_ops_library(ort_library())
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.profile_file_prefix = str(work / f"profile_{name}")
         sess = ort.InferenceSession(str(work / f"{name}.onnx"), so, providers=["CPUExecutionProvider"])
         feed = ort_feed(sess, inputs)
@@ -472,11 +491,12 @@ def markdown(result: dict) -> str:
                      f"{r['peak_rss_delta_mb']} | {size} | {r['sqnr_vs_fp32_db']} | "
                      f"{r.get('sqnr_vs_torch_quantized_db', '-')} | {r.get('psnr_frames_vs_fp32_db', '-')} | "
                      f"{r.get('psnr_frames_vs_torch_quantized_db', '-')} |")
-    if result.get("ort_paired"):
-        lines += ["", "| ORT variant (one process, rotated calls) | median ms | min ms | paired speedup vs ORT FP32 |",
-                  "|---|---|---|---|"]
-        lines += [f"| {v} | {r['latency_ms']} | {r['latency_min_ms']} | {r['paired_speedup_vs_ort_fp32']} |"
-                  for v, r in result["ort_paired"].items()]
+    for key in ("ort_paired", "ort_paired_no_spinning"):
+        if result.get(key):
+            lines += ["", f"| ORT variant ({key}: one process, rotated calls) | median ms | min ms | "
+                          "paired speedup vs ORT FP32 |", "|---|---|---|---|"]
+            lines += [f"| {v} | {r['latency_ms']} | {r['latency_min_ms']} | {r['paired_speedup_vs_ort_fp32']} |"
+                      for v, r in result[key].items()]
     return "\n".join(lines)
 
 

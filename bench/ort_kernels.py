@@ -102,19 +102,32 @@ def attention_models() -> dict[str, bytes]:
               helper.make_node("Softmax", ["sc"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "vh"], ["o"]),
               helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["ot", "merge"], ["Y"])]
+    lsgq = _model([helper.make_node("Int8Attention", ["q", "k", "v"], ["Y"], domain="com.lsgq",
+                                    num_heads=HEADS, scale=HEAD_DIM ** -0.5)], [], *io)
     return {"fp32 MultiHeadAttention (MLAS flash)": mha, "fp32 MultiHeadAttention, flash disabled": mha,
             "int8 Q.K^T (DynamicQuantizeLinear + MatMulInteger), float softmax and P.V":
-                _model(nodes, c, *io)}
+                _model(nodes, c, *io),
+            "lsgq custom op com.lsgq::Int8Attention (fused, AVX-512 VNNI Q.K^T, fp32 P.V)": lsgq}
 
 
-def paired(models: dict[str, bytes], feed: dict[str, np.ndarray], threads: int, iters: int) -> dict:
-    """Median ms per call, paired speed-up over the first model, and SQNR against it."""
+def paired(models: dict[str, bytes], feed: dict[str, np.ndarray], threads: int, iters: int,
+           spinning: bool = True) -> dict:
+    """Median ms per call, paired speed-up over the first model, and SQNR against it.
+    ``spinning=False`` turns off ORT's idle-thread spinning in every session (lsgq's custom op
+    runs its own threads, which spinning ORT workers would compete with)."""
     import onnxruntime as ort
+
+    from lsgq_compiler.kernels.cpu_attention import ORT_DOMAIN, ort_library
 
     sessions = {}
     for name, blob in models.items():
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if ORT_DOMAIN.encode() in blob:
+            so.register_custom_ops_library(ort_library())
+            os.environ["LSGQ_ATTENTION_THREADS"] = str(threads)
         # MHA reads ORT_DISABLE_FLASH_ATTENTION when its kernel is built, i.e. at session creation
         os.environ["ORT_DISABLE_FLASH_ATTENTION"] = "1" if "flash disabled" in name else "0"
         try:
@@ -164,6 +177,11 @@ def main() -> None:
     feed = {x: rng.standard_normal((1, TOKENS, HEADS * HEAD_DIM)).astype(np.float32) for x in "qkv"}
     res["attention"] = paired(attention_models(), feed, args.threads, max(args.iters // 3, 5))
     print("attention", json.dumps(res["attention"]), flush=True)
+    res["attention_no_spinning"] = paired(attention_models(), feed, args.threads, max(args.iters // 3, 5),
+                                          spinning=False)
+    res["attention_note"] = ("attention: ORT's default idle-thread spinning in every session; attention_no_spinning: "
+                             "spinning off in every session (what ort_session does for models with lsgq's op)")
+    print("attention_no_spinning", json.dumps(res["attention_no_spinning"]), flush=True)
     out = Path(os.environ.get("OUT", Path(__file__).resolve().parent / "results")) / "ort_kernels.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -184,3 +184,33 @@ def test_standard_ops_export_has_no_contrib_ops(wan, tmp_path):
     onnx.checker.check_model(proto, full_check=True)
     with torch.no_grad():
         assert sqnr(m(**inp, return_dict=False)[0], _run(path, inp)) >= 80.0
+
+
+def test_lsgq_attention_custom_op_runs_in_onnxruntime(wan, tmp_path):
+    """attention_kernel='lsgq': the plan's 8-bit attention layers become lsgq's fused custom op
+    com.lsgq::Int8Attention; ort_session registers its library and ORT runs it; the output is
+    the torch lowered model's (same C++ kernel) and the report names the kernel."""
+    from lsgq_compiler.backends.onnx import LSGQ_ATTENTION_KERNEL, uses_lsgq_ops
+
+    m, inp = wan
+    qm = compile_quantized(m, inp, QuantConfig(weight_bits=8, act_bits=8, attention_bits=8,
+                                               options={"attention_min_kv": 1}), calib_data=[inp], progress=False)
+    n_quantized = sum(a["quantized"] for a in qm.plan.attention.values())
+    assert n_quantized
+    path = export_onnx(qm, tmp_path / "lsgq_attn.onnx", inp, attention_kernel="lsgq")
+    assert uses_lsgq_ops(path) and op_counts(path).get("Int8Attention") == n_quantized
+    opt = tmp_path / "lsgq_attn.opt.onnx"
+    y = _run(path, inp, optimized_path=opt, threads=2)
+    assert op_counts(opt).get("Int8Attention") == n_quantized  # ORT keeps the node: our kernel runs
+    lowered = lower_onnx(qm, act="tensor", attention_kernel="lsgq")
+    with torch.no_grad():
+        assert sqnr(lowered(**inp), y) >= 40.0
+        assert sqnr(m(**inp, return_dict=False)[0], y) >= 25.0
+    rows = [r for r in lowered.report() if qm.plan.attention.get(r["layer"], {}).get("quantized")]
+    assert rows and all(r["kernel"] == LSGQ_ATTENTION_KERNEL and r["real_kernel"] for r in rows)
+    with pytest.raises(ValueError, match="attention_kernel"):
+        lower_onnx(qm, attention_kernel="flash")
+    parser = argparse.ArgumentParser(prog="lsgq")
+    add_export_onnx_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["export-onnx", "--attention-bits", "8", "--attention-kernel", "lsgq"])
+    assert (args.attention_bits, args.attention_kernel) == (8, "lsgq")

@@ -29,10 +29,11 @@ def test_gemm_kernels_agree_with_fp32():
 
 
 def test_attention_graphs_agree():
-    """MHA with flash off is the same op (>= 100 dB); the int8 Q.K^T graph >= 25 dB."""
+    """MHA with flash off is the same op (>= 100 dB); the int8 Q.K^T graph and lsgq's custom op >= 25 dB."""
     rng = np.random.default_rng(1)
     feed = {x: rng.standard_normal((1, ok.TOKENS, ok.HEADS * ok.HEAD_DIM)).astype(np.float32) for x in "qkv"}
     res = ok.paired(ok.attention_models(), feed, threads=1, iters=2)
     names = list(res)
     assert res[names[1]]["sqnr_db"] >= 100.0
     assert res[names[2]]["sqnr_db"] >= 25.0
+    assert res[names[3]]["sqnr_db"] >= 25.0 and "Int8Attention" in names[3]
