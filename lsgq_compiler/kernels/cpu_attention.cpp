@@ -303,14 +303,12 @@ LSGQ_AVX512 void quantize_q_avx512(const float* q, int ld, float qscale, int row
 // Tasks with a larger bound take the online path (rows_avx512).
 constexpr float FIXED_LIMIT = 96.f;
 
-// Scores and exponentials of R rows on one block of 64 keys: p[r][0..63] = exp2(s - M_r) (zero
-// for padded keys), lsum[r] += p[r]. Separate, small functions keep each phase's accumulators in
-// registers (one function for all phases spills them to the stack inside the inner loops).
+// acc[r][t] = int32 dot products of R query rows (int8, D each) with keys 16t..16t+15 of one
+// 64-key block (packed, k + 128): vpdpbusd over the D/4 groups of 4 dims.
 template <int D, int R>
-LSGQ_AVX512 __attribute__((noinline)) void qk_exp(const int32_t* qw, const uint8_t* kb, const float* sc,
-                                                  const float* off, int valid, float* p, int ldp, float* lsum) {
+LSGQ_AVX512 __attribute__((always_inline)) inline void qk_tile(const int32_t* qw, const uint8_t* kb,
+                                                                __m512i (&acc)[R][4]) {
   constexpr int G = D / 4;
-  __m512i acc[R][4];
   #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
     #pragma GCC unroll 16
@@ -327,6 +325,16 @@ LSGQ_AVX512 __attribute__((noinline)) void qk_exp(const int32_t* qw, const uint8
       acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], k3, qb);
     }
   }
+}
+
+// Scores and exponentials of R rows on one block of 64 keys: p[r][0..63] = exp2(s - M_r) (zero
+// for padded keys), lsum[r] += p[r]. Separate, small functions keep each phase's accumulators in
+// registers (one function for all phases spills them to the stack inside the inner loops).
+template <int D, int R>
+LSGQ_AVX512 __attribute__((noinline)) void qk_exp(const int32_t* qw, const uint8_t* kb, const float* sc,
+                                                  const float* off, int valid, float* p, int ldp, float* lsum) {
+  __m512i acc[R][4];
+  qk_tile<D, R>(qw, kb, acc);
   #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     const __m512 scv = _mm512_set1_ps(sc[r]), offv = _mm512_set1_ps(off[r]);
@@ -391,23 +399,7 @@ LSGQ_AVX512 void rows_avx512(const int8_t* qq, const float* sq, const int32_t* q
   const int32_t* qw = reinterpret_cast<const int32_t*>(qq);
   for (int b = 0; b < nkb; ++b) {
     __m512i acc[MR][4];
-    #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r)
-      #pragma GCC unroll 16
-      for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_setzero_si512();
-    const uint8_t* kb = hk.kp + (size_t)b * G * 256;
-    for (int g = 0; g < G; ++g) {
-      const __m512i k0 = _mm512_load_si512(kb + g * 256), k1 = _mm512_load_si512(kb + g * 256 + 64);
-      const __m512i k2 = _mm512_load_si512(kb + g * 256 + 128), k3 = _mm512_load_si512(kb + g * 256 + 192);
-      #pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) {
-        const __m512i qb = _mm512_set1_epi32(qw[r * G + g]);
-        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], k0, qb);
-        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], k1, qb);
-        acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], k2, qb);
-        acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], k3, qb);
-      }
-    }
+    qk_tile<D, MR>(qw, hk.kp + (size_t)b * G * 256, acc);
     const int valid = std::min(BK, nk - b * BK);
     #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
