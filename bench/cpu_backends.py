@@ -59,9 +59,9 @@ EXPORT_NOTE = ("every ORT variant (FP32 included) comes from the same export (ba
 def load_model(name: str, frames: int):
     """``(transformer, eval inputs, calibration inputs, vsr or None)``."""
     if name == "tiny-vsr":
-        from lsgq_compiler.data.sets import calibration_set, eval_set
-        from lsgq_compiler.models import load_tiny_vsr
-        from lsgq_compiler.tiling import to_tensor
+        from lsgq_compiler.vsr.data.sets import calibration_set, eval_set
+        from lsgq_compiler.vsr.models import load_tiny_vsr
+        from lsgq_compiler.vsr.tiling import to_tensor
 
         vsr = load_tiny_vsr()
         calib = [vsr.transformer_inputs(to_tensor(c.lq)) for c in calibration_set(n_clips=4, frames=frames)]
@@ -282,7 +282,7 @@ def worker(args, work: Path) -> None:
 
 # ----------------------------------------------------------------------------- report
 def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
-    from lsgq_compiler.metrics import sqnr
+    from lsgq_compiler.vsr.metrics import sqnr
 
     return round(sqnr(torch.from_numpy(ref), torch.from_numpy(x)), 2)
 
@@ -460,7 +460,7 @@ def ort_profile(work: Path, names: tuple[str, ...], threads: int, runs: int = 3)
 
 
 def psnr_frames(vsr, inputs: dict, fp: np.ndarray, out: np.ndarray) -> float:
-    from lsgq_compiler.metrics import psnr
+    from lsgq_compiler.vsr.metrics import psnr
 
     z = inputs["hidden_states"].float()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lsgq_compiler import QuantConfig
-from lsgq_compiler.evaluate import VSRRunner, evaluate, load_eval_clips
+from lsgq_compiler.vsr.evaluate import VSRRunner, evaluate, load_eval_clips
 from lsgq_compiler.plan import atomic_write_text
 
 

@@ -1,7 +1,7 @@
 """Train the shipped TinyVSR weights (``lsgq_compiler/models/weights/tiny_vsr.{safetensors,json}``).
 
 Data: 8-frame 128x128 HQ clips filmed from the TRAINING photographs only
-(``lsgq_compiler.data.training_photos()``, disjoint from the evaluation photos) by
+(``lsgq_compiler.vsr.data.training_photos()``, disjoint from the evaluation photos) by
 ``pan_zoom_clip`` with seeded random camera paths, augmented (random transpose, horizontal and
 vertical flips, time reversal, RGB channel order, per-channel gains that tint the gray photos
 half the time, a photo shrink 30% of the time) before being degraded by the project's seeded
@@ -100,7 +100,7 @@ def make_pair(task: tuple[int, int, tuple[str, ...]]) -> tuple[np.ndarray, np.nd
     Returns:
         ``hq`` ``(T, 128, 128, 3)`` uint8 and ``lq`` ``(T, 32, 32, 3)`` uint8.
     """
-    from lsgq_compiler.data import degrade_clip, load_photo, pan_zoom_clip
+    from lsgq_compiler.vsr.data import degrade_clip, load_photo, pan_zoom_clip
 
     seed, index, photos = task
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x7195]))
@@ -177,8 +177,8 @@ def score(vsr: Any, clips: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str
     """PSNR of the model and of bicubic on ``(name, hq, lq)`` clips; per clip and mean."""
     import torch
 
-    from lsgq_compiler.data import bicubic_upscale
-    from lsgq_compiler.models import upscale_clip
+    from lsgq_compiler.vsr.data import bicubic_upscale
+    from lsgq_compiler.vsr.models import upscale_clip
 
     per = {}
     with torch.no_grad():
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t_start = time.time()
-    from lsgq_compiler.data import eval_set, training_photos
+    from lsgq_compiler.vsr.data import eval_set, training_photos
 
     photos = tuple(training_photos())
     print(f"training photos ({len(photos)}): {', '.join(photos)}", flush=True)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lsgq_compiler.models import build_tiny_vsr, load_tiny_vsr, save_tiny_vsr, tiny_vsr_config
+    from lsgq_compiler.vsr.models import build_tiny_vsr, load_tiny_vsr, save_tiny_vsr, tiny_vsr_config
 
     dev = torch.device(args.device)
     torch.manual_seed(args.seed)

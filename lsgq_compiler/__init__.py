@@ -8,7 +8,9 @@ from .capture import capture
 from .config import QuantConfig
 from .errors import CaptureError
 from .plan import LayerSpec, Plan
-from .recipes import RECIPES
+from . import recipes  # noqa: F401  (LSGQuant and the baseline register first)
+from . import recipe_zoo  # noqa: F401  (then the peer methods)
+from .registry import RECIPES
 
 __version__ = "0.1.0"
 __all__ = ["compile_quantized", "QuantizedModel", "QuantConfig", "Plan", "LayerSpec", "capture",

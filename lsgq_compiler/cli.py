@@ -16,14 +16,14 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .vsr.demo import run_demo
 
     run_demo(args.out, frames=args.frames, quick=args.quick)
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval_cli
+    from .vsr.evaluate import run_eval_cli
 
     return run_eval_cli(args)
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="fewer clips and training steps")
     d.set_defaults(fn=_cmd_demo)
     e = sub.add_parser("eval", help="evaluate recipes on a folder of clips (taken as ground truth)")
-    from .evaluate import add_eval_arguments
+    from .vsr.evaluate import add_eval_arguments
 
     add_eval_arguments(e)
     e.set_defaults(fn=_cmd_eval)

@@ -27,7 +27,7 @@ from lsgq_compiler.passes.swap_linears import SwapLinears
 from lsgq_compiler.passes.train_params import TrainParams
 from lsgq_compiler.passes.vasmp import VaSMP
 
-from .recipes import register_recipe
+from .registry import register_recipe
 
 #: rank 32 at width 3072 (SVDQuant, LSGQuant): the share of a square layer's parameters
 #: held by the low-rank factors, ``32 * (3072 + 3072) / 3072^2`` = 2.08%.

@@ -1,30 +1,13 @@
 """Recipes: each an ordered list of shared passes with the paper's defaults.
 
-``RECIPES[name].build(ctx)`` returns the passes; ``lsgq recipes`` lists them.
+``RECIPES[name].build(ctx)`` returns the passes; ``lsgq recipes`` lists them. The peer methods
+register from :mod:`.recipe_zoo`; both fill :data:`.registry.RECIPES`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from .registry import RECIPES, Recipe, register_recipe
 
-RECIPES: dict[str, "Recipe"] = {}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    summary: str
-    paper: str
-    build: Callable  # (PassContext) -> list[PassBase]
-    doc: str = ""
-
-
-def register_recipe(name: str, summary: str, paper: str) -> Callable:
-    """Decorator: register ``build(ctx) -> list[pass]`` under ``name``; its docstring is the recipe's doc."""
-    def deco(fn: Callable) -> Callable:
-        RECIPES[name] = Recipe(name, summary, paper, fn, (fn.__doc__ or "").strip())
-        return fn
-    return deco
+__all__ = ["RECIPES", "Recipe", "register_recipe"]
 
 
 @register_recipe("minmax", "round-to-nearest: per-channel weights, per-token dynamic activations",
@@ -92,12 +75,3 @@ def _lsgquant(ctx):
                      mode=opt("volts", "tiered")),
                QAO(ctx, lr=opt("lr", 5e-3))]
     return passes
-
-
-# the seed and peer methods (smoothquant, quarot, svdquant, viditq, quantvsr, qdit4sr,
-# passionsr, qartsr, qvd) register themselves on import.
-try:
-    from . import recipe_zoo  # noqa: E402,F401
-except ImportError as _e:  # pragma: no cover - only while recipe_zoo is being written
-    if "recipe_zoo" not in str(_e):
-        raise

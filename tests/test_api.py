@@ -8,7 +8,7 @@ from torch import nn
 from conftest import MODELS, tiny_wan, wan_inputs
 from lsgq_compiler import Plan, QuantConfig, compile_quantized
 from lsgq_compiler.calibration import WeakCalibrationWarning
-from lsgq_compiler.metrics import sqnr
+from lsgq_compiler.vsr.metrics import sqnr
 
 
 def _ref(model, inputs):

@@ -10,7 +10,7 @@ from conftest import tiny_wan, wan_inputs
 from lsgq_compiler import QuantConfig, compile_quantized, export_onnx
 from lsgq_compiler.backends.onnx import (INTEGER_OPS, add_export_onnx_parser, export_lowered, lower_onnx, op_counts,
                                          ort_feed, ort_session)
-from lsgq_compiler.metrics import sqnr
+from lsgq_compiler.vsr.metrics import sqnr
 
 MIXED = {"blocks.0.attn1.to_q": (4, None), "blocks.0.attn1.to_k": (4, None), "blocks.0.attn1.to_v": (4, 8),
          "blocks.1.ffn.net.0.proj": (4, 4), "blocks.1.ffn.net.2": (6, 6)}
@@ -140,7 +140,8 @@ def test_export_graph_has_no_scatter_and_fused_attention(wan, tmp_path):
 def test_int8_attention_op_matches_ort_and_uses_integer_matmul(tmp_path):
     from pathlib import Path
 
-    from lsgq_compiler.backends.onnx import _export, _translations
+    from lsgq_compiler.backends.onnx.export import _export
+    from lsgq_compiler.backends.onnx.ops import _translations
 
     class Attn(torch.nn.Module):
         def forward(self, q, k, v):

@@ -7,7 +7,7 @@ from lsgq_compiler import QuantConfig, compile_quantized
 from lsgq_compiler.backends.common import LoweredLinear
 from lsgq_compiler.backends.draq_int8 import DRAQInt8Linear
 from lsgq_compiler.backends.torchao import lower_torchao
-from lsgq_compiler.metrics import sqnr
+from lsgq_compiler.vsr.metrics import sqnr
 from lsgq_compiler.plan import LayerSpec
 from lsgq_compiler.qlinear import QuantLinear
 from lsgq_compiler.quantizers import ActQuant, WeightQuant
@@ -125,7 +125,7 @@ def test_recipe_extras_are_never_dropped_by_lowering():
     from conftest import tiny_wan, wan_inputs
     from lsgq_compiler import QuantConfig, compile_quantized
     from lsgq_compiler.backends.torchao import lower_torchao
-    from lsgq_compiler.metrics import sqnr
+    from lsgq_compiler.vsr.metrics import sqnr
 
     m, inp = tiny_wan(), wan_inputs()
     qm = compile_quantized(m, inp, QuantConfig(recipe="quantvsr", weight_bits=8, act_bits=8), calib_data=[inp],

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lsgq_compiler.kernels.attention import int8_attention, int8_attention_reference, quantize_blocks
-from lsgq_compiler.metrics import sqnr
+from lsgq_compiler.vsr.metrics import sqnr
 
 
 def _qkv(n=300, d=64, seed=0, k_bias=0.0):

@@ -2,7 +2,7 @@ import torch
 
 from conftest import tiny_wan, wan_inputs
 from lsgq_compiler import QuantConfig, compile_quantized
-from lsgq_compiler.metrics import sqnr
+from lsgq_compiler.vsr.metrics import sqnr
 
 
 def test_attention_pass_replaces_self_attention_only():

@@ -4,7 +4,7 @@ import torch
 
 from conftest import tiny_wan, wan_inputs
 from lsgq_compiler import QuantConfig, compile_quantized
-from lsgq_compiler.metrics import sqnr
+from lsgq_compiler.vsr.metrics import sqnr
 from lsgq_compiler.passes.bit_allocation import allocate_bits
 from lsgq_compiler.passes.sensitivity import one_at_a_time, spearman
 from lsgq_compiler.passes.volts import assign_tiers

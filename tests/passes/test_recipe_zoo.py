@@ -8,7 +8,7 @@ from zoo_support import capture_once  # noqa: F401  (autouse fixture)
 
 from conftest import tiny_wan, wan_inputs
 from lsgq_compiler import QuantConfig, compile_quantized
-from lsgq_compiler.metrics import sqnr
+from lsgq_compiler.vsr.metrics import sqnr
 from lsgq_compiler.recipes import RECIPES
 
 ZOO = ("smoothquant", "quarot", "svdquant", "viditq", "quantvsr", "qdit4sr", "passionsr", "qartsr", "qvd")

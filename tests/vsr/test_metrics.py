@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lsgq_compiler.metrics import psnr, sqnr
+from lsgq_compiler.vsr.metrics import psnr, sqnr
 
 
 def test_sqnr_known_value():

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import user_error
+from ...errors import user_error
 
 if TYPE_CHECKING:  # diffusers is imported lazily: importing this module stays cheap.
     from diffusers import WanTransformer3DModel
@@ -340,7 +340,7 @@ def load_tiny_vsr(path: str | Path | None = None, dtype: torch.dtype = torch.flo
     """Load the shipped (or a given) ``TinyVSR`` checkpoint with safetensors (never pickle).
 
     Args:
-        path: a ``.safetensors`` file; default ``lsgq_compiler/models/weights/tiny_vsr.safetensors``.
+        path: a ``.safetensors`` file; default ``lsgq_compiler/vsr/models/weights/tiny_vsr.safetensors``.
             Its config is read from the ``.json`` beside it, else from the file's metadata.
         dtype: the dtype of the returned model's parameters and ``text_embeds``.
 

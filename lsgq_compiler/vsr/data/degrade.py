@@ -22,7 +22,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lsgq_compiler.data.io import ClipError, _err, check_frames
+from lsgq_compiler.vsr.data.io import ClipError, _err, check_frames
 
 __all__ = ["DegradeConfig", "DegradeParams", "sample_degradation", "degrade_clip", "bicubic_upscale"]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import QuantConfig
-from .plan import atomic_write_text
-from .recipes import RECIPES
+from ..config import QuantConfig
+from ..plan import atomic_write_text
+from ..recipes import RECIPES
 
 
 def run_demo(out: str | Path = "demo_out", frames: int = 8, quick: bool = False) -> dict:
     from .evaluate import VSRRunner, evaluate, format_table, load_eval_clips, quantize_all
-    from .report import plot_plan, side_by_side
+    from ..report import plot_plan, side_by_side
 
     t0 = time.perf_counter()
     out = Path(out)

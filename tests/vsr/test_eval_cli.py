@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lsgq_compiler.cli import main
-from lsgq_compiler.data import write_frames
+from lsgq_compiler.vsr.data import write_frames
 
 
 def _clip(seed, t, h, w):
@@ -67,7 +67,7 @@ def test_compare_two_sets_share_variants_and_resume(tmp_path, capsys):
 
 
 def test_lowrank_share_is_parameter_weighted_and_tabled():
-    from lsgq_compiler.evaluate import lowrank_share
+    from lsgq_compiler.vsr.evaluate import lowrank_share
     from lsgq_compiler.plan import LayerSpec, Plan
     from lsgq_compiler.report import table1_markdown
 
@@ -100,7 +100,7 @@ def test_eval_with_8bit_attention(tmp_path):
 
 
 def test_attention_bits_in_variant_names():
-    from lsgq_compiler.evaluate import parse_variants
+    from lsgq_compiler.vsr.evaluate import parse_variants
 
     cfgs = parse_variants("minmax", "w4a4,w8a8", attention_bits=8)
     assert [c.tag for c in cfgs] == ["minmax-w4a4-attn8", "minmax-w8a8-attn8"]

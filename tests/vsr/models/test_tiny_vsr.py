@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lsgq_compiler.models import (DEFAULT_WEIGHTS, TinyVSR, build_tiny_vsr, load_tiny_vsr, save_tiny_vsr,
+from lsgq_compiler.vsr.models import (DEFAULT_WEIGHTS, TinyVSR, build_tiny_vsr, load_tiny_vsr, save_tiny_vsr,
                                   tiny_vsr_config, upscale_clip)
 
 
@@ -112,7 +112,7 @@ def test_missing_and_mismatched_weights(tmp_path) -> None:
 def test_beats_bicubic_on_eval_clips(vsr: TinyVSR) -> None:
     """All six eval clips (held-out photos), first 4 frames each: a cheap version of the full check
     (8 frames: +1.73 dB mean, see examples/train_tiny_vsr.py)."""
-    from lsgq_compiler.data import bicubic_upscale, eval_set
+    from lsgq_compiler.vsr.data import bicubic_upscale, eval_set
 
     def psnr(a: np.ndarray, b: np.ndarray) -> float:
         return 10 * math.log10(255.0 ** 2 / float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lsgq_compiler.tiling import run_tiled
+from lsgq_compiler.vsr.tiling import run_tiled
 
 
 def nearest_x4(tile: np.ndarray) -> np.ndarray:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lsgq_compiler.data.degrade import DegradeConfig, degrade_clip
-from lsgq_compiler.data.io import ClipError, _err, fit_clip, read_clip
-from lsgq_compiler.data.synth import load_photo, pan_zoom_clip, photo_names
+from lsgq_compiler.vsr.data.degrade import DegradeConfig, degrade_clip
+from lsgq_compiler.vsr.data.io import ClipError, _err, fit_clip, read_clip
+from lsgq_compiler.vsr.data.synth import load_photo, pan_zoom_clip, photo_names
 
 __all__ = ["Clip", "CALIBRATION_PHOTOS", "EVAL_PHOTOS", "HELD_OUT_PHOTOS", "calibration_set", "eval_set",
            "training_photos", "real_clip_paths", "real_clips"]

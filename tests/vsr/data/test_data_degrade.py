@@ -1,4 +1,4 @@
-"""Synthetic degradation and the bicubic baseline (lsgq_compiler.data.degrade)."""
+"""Synthetic degradation and the bicubic baseline (lsgq_compiler.vsr.data.degrade)."""
 from __future__ import annotations
 
 import time
@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lsgq_compiler.data import ClipError, DegradeConfig, bicubic_upscale, degrade_clip, load_photo, pan_zoom_clip, \
+from lsgq_compiler.vsr.data import ClipError, DegradeConfig, bicubic_upscale, degrade_clip, load_photo, pan_zoom_clip, \
     sample_degradation
-from lsgq_compiler.metrics import psnr_video
+from lsgq_compiler.vsr.metrics import psnr_video
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
-"""Clip reading/writing and cropping (lsgq_compiler.data.io)."""
+"""Clip reading/writing and cropping (lsgq_compiler.vsr.data.io)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from lsgq_compiler.data import ClipError, fit_clip, list_clips, load_photo, pan_zoom_clip, read_clip, write_frames, \
+from lsgq_compiler.vsr.data import ClipError, fit_clip, list_clips, load_photo, pan_zoom_clip, read_clip, write_frames, \
     write_video
-from lsgq_compiler.metrics import psnr_video
+from lsgq_compiler.vsr.metrics import psnr_video
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ Clips given as a folder are taken as high-quality ground truth and degraded by t
 built-in seeded pipeline; real low-quality clips (no ground truth) are judged by fidelity
 and warping error only. Quantized variants are calibrated on the built-in calibration
 set, never on the evaluated clips. Clips of any size are run in overlapping tiles of the
-captured shape (see :mod:`lsgq_compiler.tiling`); only the first ``--frames`` frames are
+captured shape (see :mod:`lsgq_compiler.vsr.tiling`); only the first ``--frames`` frames are
 used.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import QuantConfig
-from .errors import user_error
-from .plan import atomic_write_text
+from ..config import QuantConfig
+from ..errors import user_error
+from ..plan import atomic_write_text
 
 DEFAULT_FRAMES = 8
 TILE = 32  # LQ pixels; the model's tokens per tile: frames * (TILE/2)^2
@@ -55,7 +55,7 @@ def parse_variants(recipes: str, bits: str, options: dict | None = None,
                    attention_bits: int | None = None) -> list[QuantConfig]:
     """``"minmax,lsgquant"`` (or ``"all"``) x ``"w4a4,w8a8"`` -> configs (validated); ``attention_bits``
     (8) adds 8-bit attention to every variant."""
-    from .recipes import RECIPES
+    from ..recipes import RECIPES
 
     names = sorted(RECIPES, key=lambda n: n == "lsgquant") if recipes.strip() == "all" else [r.strip() for r in recipes.split(",") if r.strip()]
     out = []
@@ -127,7 +127,7 @@ class VSRRunner:
         self.example_inputs = self.calib_inputs[0]
 
     def quantize(self, cfg: QuantConfig) -> Variant:
-        from .api import compile_quantized
+        from ..api import compile_quantized
 
         t0 = time.perf_counter()
         qm = compile_quantized(self.vsr.transformer, self.example_inputs, cfg, calib_data=self.calib_inputs,
@@ -352,7 +352,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         print(f"{res['clips']} clips from {src} ({res['tiling']})")
         print(format_table(res))
         if compare:
-            from .report import write_compare
+            from ..report import write_compare
 
             write_compare(outdir(name), res, args)
             print(f"wrote {outdir(name)}/table.md, results.json, chart.png")

@@ -1,12 +1,12 @@
-"""Bundled photographs and pan/zoom clips (lsgq_compiler.data.synth)."""
+"""Bundled photographs and pan/zoom clips (lsgq_compiler.vsr.data.synth)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from lsgq_compiler.data import ClipError, load_photo, pan_zoom_clip, photo_names
-from lsgq_compiler.data.synth import COLOR_PHOTOS, GRAY_PHOTOS
+from lsgq_compiler.vsr.data import ClipError, load_photo, pan_zoom_clip, photo_names
+from lsgq_compiler.vsr.data.synth import COLOR_PHOTOS, GRAY_PHOTOS
 
 
 def test_photo_list():

@@ -1,4 +1,4 @@
-"""Calibration, evaluation and real clip sets (lsgq_compiler.data.sets)."""
+"""Calibration, evaluation and real clip sets (lsgq_compiler.vsr.data.sets)."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lsgq_compiler.data import CALIBRATION_PHOTOS, EVAL_PHOTOS, HELD_OUT_PHOTOS, Clip, ClipError, calibration_set, \
+from lsgq_compiler.vsr.data import CALIBRATION_PHOTOS, EVAL_PHOTOS, HELD_OUT_PHOTOS, Clip, ClipError, calibration_set, \
     eval_set, load_photo, photo_names, real_clip_paths, real_clips, training_photos
 
 

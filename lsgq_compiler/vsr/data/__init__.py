@@ -11,13 +11,13 @@ Frames are numpy ``uint8`` arrays shaped ``(T, H, W, 3)`` in RGB order throughou
 * ``sets``: :class:`Clip`, :func:`calibration_set`, :func:`eval_set` (disjoint photos),
   :func:`training_photos`, :func:`real_clips` (7 real LQ clips, no ground truth).
 
-Video metrics (SSIM, PSNR over a video, flow-warping error) are in ``lsgq_compiler.metrics``.
+Video metrics (SSIM, PSNR over a video, flow-warping error) are in ``lsgq_compiler.vsr.metrics``.
 """
-from lsgq_compiler.data.degrade import DegradeConfig, DegradeParams, bicubic_upscale, degrade_clip, sample_degradation
-from lsgq_compiler.data.io import ClipError, fit_clip, list_clips, read_clip, write_frames, write_video
-from lsgq_compiler.data.sets import (CALIBRATION_PHOTOS, EVAL_PHOTOS, HELD_OUT_PHOTOS, Clip, calibration_set, eval_set,
+from lsgq_compiler.vsr.data.degrade import DegradeConfig, DegradeParams, bicubic_upscale, degrade_clip, sample_degradation
+from lsgq_compiler.vsr.data.io import ClipError, fit_clip, list_clips, read_clip, write_frames, write_video
+from lsgq_compiler.vsr.data.sets import (CALIBRATION_PHOTOS, EVAL_PHOTOS, HELD_OUT_PHOTOS, Clip, calibration_set, eval_set,
                                      real_clip_paths, real_clips, training_photos)
-from lsgq_compiler.data.synth import load_photo, pan_zoom_clip, photo_names
+from lsgq_compiler.vsr.data.synth import load_photo, pan_zoom_clip, photo_names
 
 __all__ = [
     "ClipError", "read_clip", "list_clips", "write_video", "write_frames", "fit_clip",

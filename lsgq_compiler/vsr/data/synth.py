@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lsgq_compiler.data.io import ClipError, _err
+from lsgq_compiler.vsr.data.io import ClipError, _err
 
 __all__ = ["COLOR_PHOTOS", "GRAY_PHOTOS", "photo_names", "load_photo", "pan_zoom_clip"]
 

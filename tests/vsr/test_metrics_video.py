@@ -1,4 +1,4 @@
-"""Video metrics: SSIM, whole-clip PSNR, flow-warping error (lsgq_compiler.metrics)."""
+"""Video metrics: SSIM, whole-clip PSNR, flow-warping error (lsgq_compiler.vsr.metrics)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from lsgq_compiler.metrics import psnr_video, ssim, warp_error
+from lsgq_compiler.vsr.metrics import psnr_video, ssim, warp_error
 
 
 def _sk_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -16,7 +16,7 @@ def _sk_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _photo_pair() -> tuple[np.ndarray, np.ndarray]:
-    from lsgq_compiler.data import bicubic_upscale, degrade_clip, load_photo
+    from lsgq_compiler.vsr.data import bicubic_upscale, degrade_clip, load_photo
 
     hq = load_photo("astronaut")[100:228, 150:310]
     lq = degrade_clip(np.stack([hq, hq]), seed=2)
@@ -71,7 +71,7 @@ def test_psnr_video_known_values():
 
 
 def test_warp_error_static_noise_and_pan():
-    from lsgq_compiler.data import load_photo, pan_zoom_clip
+    from lsgq_compiler.vsr.data import load_photo, pan_zoom_clip
 
     pan = pan_zoom_clip(load_photo("astronaut"), 6, (128, 128), seed=0)
     static = np.repeat(pan[:1], 6, axis=0)
@@ -84,7 +84,7 @@ def test_warp_error_static_noise_and_pan():
 
 
 def test_warp_error_sees_flicker():
-    from lsgq_compiler.data import load_photo, pan_zoom_clip
+    from lsgq_compiler.vsr.data import load_photo, pan_zoom_clip
 
     pan = pan_zoom_clip(load_photo("coffee"), 6, (96, 96), seed=1)
     flicker = pan.astype(np.int16)
