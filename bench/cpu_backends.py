@@ -50,7 +50,7 @@ REFERENCE = {"torchao_w8a8": "w8a8", "ort_int8_token": "w8a8", "ort_int8_tensor"
              "lsgq_inductor_w8a8": "w8a8", "ort_w4": "w4a8", "ortq_w4": "w4a8"}
 
 
-EXPORT_NOTE = ("every ORT variant (FP32 included) comes from the same export (backends/onnx.py export_graph): "
+EXPORT_NOTE = ("every ORT variant (FP32 included) comes from the same export (backends/onnx/rewrite.py export_graph): "
                "interleaved RoPE writes as stack+reshape (no ScatterND/Transpose), full-precision attention as "
                "com.microsoft.MultiHeadAttention, RMSNorm in the form ORT fuses to SimplifiedLayerNormalization")
 

@@ -1,4 +1,4 @@
-"""Train the shipped TinyVSR weights (``lsgq_compiler/models/weights/tiny_vsr.{safetensors,json}``).
+"""Train the shipped TinyVSR weights (``lsgq_compiler/vsr/models/weights/tiny_vsr.{safetensors,json}``).
 
 Data: 8-frame 128x128 HQ clips filmed from the TRAINING photographs only
 (``lsgq_compiler.vsr.data.training_photos()``, disjoint from the evaluation photos) by
@@ -26,7 +26,7 @@ Reproduce (what produced the shipped file; the run is seeded, GPU nondeterminism
 shipped run used ``--time-budget 8 --steps 30000``, which settled on 3878 steps)::
 
     python examples/train_tiny_vsr.py --device cuda --steps 3878 --workers 15 --eval-every 1000 \\
-        --out lsgq_compiler/models/weights
+        --out lsgq_compiler/vsr/models/weights
 
 CPU smoke run (a few steps, to check the pipeline)::
 
