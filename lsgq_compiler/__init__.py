@@ -8,13 +8,15 @@ from .capture import capture
 from .config import QuantConfig
 from .errors import CaptureError
 from .plan import LayerSpec, Plan
+from .record import load_inputs, record_inputs
 from . import recipes  # noqa: F401  (LSGQuant and the baseline register first)
 from . import recipe_zoo  # noqa: F401  (then the peer methods)
 from .registry import RECIPES
 
 __version__ = "0.1.0"
 __all__ = ["compile_quantized", "QuantizedModel", "QuantConfig", "Plan", "LayerSpec", "capture",
-           "CaptureError", "RECIPES", "__version__", "export_onnx", "save_quantized", "load_quantized"]
+           "CaptureError", "RECIPES", "__version__", "export_onnx", "save_quantized", "load_quantized",
+           "record_inputs", "load_inputs"]
 
 
 # The backends import onnx/onnxruntime/safetensors lazily: thin wrappers here, docs where they live.
