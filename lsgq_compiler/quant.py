@@ -108,36 +108,50 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
 
 
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool = True,
+    granularity: Granularity = "tensor", group_size: int | None = None, ste: bool = False,
+) -> torch.Tensor:
+    """Integer codes of ``x`` on the grid given by ``scale``/``zero_point``: the one quantizer.
+
+    Args:
+        x: ``(..., K)``; scale/zero_point as returned by :func:`compute_qparams`.
+        ste: round with identity gradient (training); else plain ``torch.round``.
+    Returns:
+        codes in ``[qmin, qmax]``, dtype of ``x``, shaped like the grouped ``x``
+        (``(..., K // group_size, group_size)`` for ``"group"``, else ``(..., K)``).
+    """
+    qmin, qmax = qrange(bits, symmetric)
+    xg = _grouped(x, granularity, group_size)
+    return torch.clamp((round_ste if ste else torch.round)(xg / scale) + zero_point, qmin, qmax)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               shape: torch.Size | None = None) -> torch.Tensor:
+    """``(q - zero_point) * scale``, reshaped to ``shape`` (the ungrouped ``(..., K)``) if given."""
+    y = (q - zero_point) * scale
+    return y if shape is None else y.reshape(shape)
+
+
 def fake_quantize(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    bits: int,
-    symmetric: bool = True,
-    granularity: Granularity = "tensor",
-    group_size: int | None = None,
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool = True,
+    granularity: Granularity = "tensor", group_size: int | None = None,
 ) -> torch.Tensor:
     """Quantize-dequantize ``x`` with given parameters; straight-through gradients.
+
+    ``dequantize(quantize(..., ste=True))``: the same codes :func:`quantize_to_int` stores.
 
     Args:
         x: ``(..., K)``; scale/zero_point as returned by :func:`compute_qparams`.
     Returns:
         ``(..., K)``, same dtype as ``x``.
     """
-    qmin, qmax = qrange(bits, symmetric)
-    xg = _grouped(x, granularity, group_size)
-    q = torch.clamp(round_ste(xg / scale) + zero_point, qmin, qmax)
-    y = (q - zero_point) * scale
-    return y.reshape(x.shape)
+    q = quantize(x, scale, zero_point, bits, symmetric, granularity, group_size, ste=True)
+    return dequantize(q, scale, zero_point, x.shape)
 
 
-def quantize_dequantize(
-    x: torch.Tensor,
-    bits: int,
-    symmetric: bool = True,
-    granularity: Granularity = "tensor",
-    group_size: int | None = None,
-) -> torch.Tensor:
+def quantize_dequantize(x: torch.Tensor, bits: int, symmetric: bool = True, granularity: Granularity = "tensor",
+                        group_size: int | None = None) -> torch.Tensor:
     """Dynamic min/max fake quantization: parameters from ``x`` itself (this call).
 
     Args:
@@ -149,21 +163,15 @@ def quantize_dequantize(
     return fake_quantize(x, scale, zero, bits, symmetric, granularity, group_size)
 
 
-def quantize_to_int(
-    x: torch.Tensor,
-    bits: int,
-    symmetric: bool = True,
-    granularity: Granularity = "tensor",
-    group_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_to_int(x: torch.Tensor, bits: int, symmetric: bool = True, granularity: Granularity = "tensor",
+                    group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Real quantization: integer codes plus parameters (for lowering and storage).
 
     Returns:
         ``(q, scale, zero_point)``; ``q`` int8 for bits <= 8 symmetric, uint8 for
-        asymmetric, shaped like the grouped ``x``.
+        asymmetric, shaped like the grouped ``x``; ``dequantize(q, scale, zero_point,
+        x.shape)`` equals :func:`quantize_dequantize` of ``x``.
     """
     scale, zero = compute_qparams(x, bits, symmetric, granularity, group_size)
-    qmin, qmax = qrange(bits, symmetric)
-    xg = _grouped(x.detach(), granularity, group_size)
-    q = torch.clamp(torch.round(xg / scale) + zero, qmin, qmax)
+    q = quantize(x.detach(), scale, zero, bits, symmetric, granularity, group_size)
     return q.to(torch.int8 if symmetric else torch.uint8), scale, zero

@@ -8,11 +8,52 @@ weighted average stays within ``budget`` bits. Activation bits follow weight bit
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import fx
 
 from lsgq_compiler.errors import user_error
 
 from .infra import PassBase, PassContext, PassResult, specs
+
+
+def greedy_upgrade(bits: dict[str, int], params: dict[str, int], allowed: tuple[int, ...], budget: float,
+                   reduction: Callable[[str, int, int], float]) -> dict[str, int]:
+    """Greedy marginal analysis shared by :class:`BitAllocation` and VaSMP.
+
+    Repeatedly raise the layer whose next allowed width gives the largest
+    ``reduction(k, b, nb) / (params[k] * (nb - b))`` (error reduction per added weight bit)
+    while ``sum(params * bits) <= budget * sum(params)``; ties go to the first layer in
+    ``bits``' order (deterministic: dicts keep insertion order).
+
+    Args:
+        bits: start widths per layer (each in ``allowed``); not mutated.
+        reduction: total error decrease of layer ``k`` going from ``b`` to ``nb`` bits.
+    Returns:
+        the widths per layer, in ``bits``' order.
+    """
+    allowed = tuple(sorted(allowed))
+    bits = dict(bits)
+    total = sum(params.values())
+    spent = sum(params[k] * bits[k] for k in bits)
+    while True:
+        best = None
+        for k, b in bits.items():
+            i = allowed.index(b)
+            if i + 1 == len(allowed):
+                continue
+            nb = allowed[i + 1]
+            cost = params[k] * (nb - b)
+            if spent + cost > budget * total + 1e-9:
+                continue
+            gain = reduction(k, b, nb) / cost
+            if best is None or gain > best[0]:
+                best = (gain, k, nb, cost)
+        if best is None:
+            return bits
+        _, k, nb, cost = best
+        bits[k] = nb
+        spent += cost
 
 
 def allocate_bits(sens: dict[str, float], params: dict[str, int], allowed: tuple[int, ...], budget: float,
@@ -22,31 +63,12 @@ def allocate_bits(sens: dict[str, float], params: dict[str, int], allowed: tuple
     if budget < allowed[0]:
         raise user_error(f"bit budget {budget} is below the smallest allowed width {allowed[0]}",
                          "raise the budget or allow fewer bits")
-    bits = {k: allowed[0] for k in sens}
-    total = sum(params.values())
-    spent = sum(params[k] * bits[k] for k in bits)
 
     def err(k: str, b: int) -> float:
         return sens[k] * 4.0 ** -(b - measured_at[k])
 
-    while True:
-        best, best_gain = None, 0.0
-        for k, b in bits.items():
-            i = allowed.index(b)
-            if i + 1 == len(allowed):
-                continue
-            nb = allowed[i + 1]
-            cost = params[k] * (nb - b)
-            if spent + cost > budget * total + 1e-9:
-                continue
-            gain = (err(k, b) - err(k, nb)) / cost
-            if gain > best_gain or best is None:
-                best, best_gain = (k, nb, cost), gain
-        if best is None:
-            return bits
-        k, nb, cost = best
-        bits[k] = nb
-        spent += cost
+    return greedy_upgrade({k: allowed[0] for k in sens}, params, allowed, budget,
+                          lambda k, b, nb: err(k, b) - err(k, nb))
 
 
 class BitAllocation(PassBase):

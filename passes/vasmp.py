@@ -10,7 +10,8 @@ not available):
 Then greedy rounding to the allowed widths (``{b-1, b, b+1}``, within 2..8: {3, 4, 5} at
 W4): start from each ``floor(b_l*)`` clipped to the set; while the parameter-weighted mean
 exceeds ``b``, lower the layer with the smallest distortion increase per saved bit; then,
-while the budget allows, raise the layer with the largest distortion decrease per added bit.
+while the budget allows, raise the layer with the largest distortion decrease per added bit
+(:func:`~lsgq_compiler.passes.bit_allocation.greedy_upgrade`, shared with BitAllocation).
 ``var_l`` is taken on the weight actually quantized (the residual after low-rank, block
 and rotation transforms), i.e. this pass runs right before the quantizers are attached.
 Activation bits are not changed (VaTMP schedules them per timestep; a one-step model has a
@@ -22,6 +23,7 @@ import math
 
 from torch import fx
 
+from .bit_allocation import greedy_upgrade
 from .infra import PassBase, PassContext, PassResult, quant_nodes
 
 
@@ -53,24 +55,8 @@ def vasmp_bits(var: dict[str, float], params: dict[str, int], budget: float,
         nb = allowed[allowed.index(bits[k]) - 1]
         spent -= params[k] * (bits[k] - nb)
         bits[k] = nb
-    while True:
-        best = None
-        for k, b in bits.items():
-            i = allowed.index(b)
-            if i + 1 == len(allowed):
-                continue
-            nb = allowed[i + 1]
-            cost = params[k] * (nb - b)
-            if spent + cost > budget * total + 1e-9:
-                continue
-            gain = (dist(k, b) - dist(k, nb)) * params[k] / cost
-            if best is None or gain > best[0]:
-                best = (gain, k, nb, cost)
-        if best is None:
-            return bits, real
-        _, k, nb, cost = best
-        bits[k] = nb
-        spent += cost
+    bits = greedy_upgrade(bits, params, allowed, budget, lambda k, b, nb: (dist(k, b) - dist(k, nb)) * params[k])
+    return bits, real
 
 
 class VaSMP(PassBase):

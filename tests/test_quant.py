@@ -90,3 +90,15 @@ def test_bad_granularity_and_group():
         quantize_dequantize(x, 4, True, "block")
     with pytest.raises(ValueError, match="does not divide"):
         quantize_dequantize(x, 4, True, "group", 3)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("gran", ["tensor", "token", "channel", "group"])
+def test_stored_codes_are_the_fake_quantized_grid(sym, gran):
+    """One mechanism: dequantize(quantize_to_int(x)) is bit-identical to quantize_dequantize(x)."""
+    from lsgq_compiler.quant import dequantize
+
+    x = torch.randn(4, 6, 32, generator=torch.Generator().manual_seed(3)) * 2 - 0.3
+    gs = 8 if gran == "group" else None
+    q, s, z = quantize_to_int(x, 4, sym, gran, gs)
+    assert torch.equal(dequantize(q.float(), s, z, x.shape), quantize_dequantize(x, 4, sym, gran, gs))
