@@ -39,7 +39,9 @@ class QuantizedModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         kwargs.pop("return_dict", None)
-        return self.gm(*args, **kwargs)
+        out = self.gm(*args, **kwargs)
+        structure = getattr(self, "output_structure", None)  # several outputs: the model's own structure
+        return structure.restore(out) if structure is not None else out
 
     def quant_linears(self) -> dict[str, QuantLinear]:
         return quant_linears(self.gm)
@@ -66,6 +68,8 @@ class QuantizedModel(nn.Module):
             rows.append({"layer": path, "format": s.fmt, "act": s.act_quantizer if s.act_bits else "-",
                          "rank": s.rank, "rotate": s.rotate, "kernel": "fp32" if not s.quantized else "simulated",
                          "backend": "fake-quant", "real_kernel": not s.quantized,
+                         **({"note": s.extra["fallback"]} if "fallback" in s.extra else {}),
+                         **({"capture": s.extra["capture"]} if "capture" in s.extra else {}),
                          **getattr(m, "kernel_info", {})})
         for path, a in self.plan.attention.items():
             rows.append({"layer": path, "format": a["format"], "act": "-", "rank": 0, "rotate": False,
@@ -112,7 +116,7 @@ def compile_quantized(
     if plan is not None:
         plan = Plan.from_dict(plan.to_dict())  # passes write into specs: never into the caller's plan
     t0 = time.perf_counter()
-    captured = capture(model, example_inputs, copy_model=True)
+    captured = capture(model, example_inputs, copy_model=True, form=config.capture)
     capture_s = time.perf_counter() - t0
     calib = prepare_calibration(calib_data, captured)
     ctx = PassContext(config=config, captured=captured, calib=calib, plan=plan, progress=progress)
@@ -137,7 +141,11 @@ def compile_quantized(
                        attention=dict(ctx.notes.get("attention", {})))
     info = {"compile_s": time.perf_counter() - t0, "timings": dict(ctx.timings), "peak_mem_gib": peak,
             "input_shapes": captured.input_shapes, "notes": ctx.notes}
+    from lsgq_compiler.module_form import record_capture
+
+    record_capture(gm, captured, result_plan, info)
     qm = QuantizedModel(gm, result_plan, config, info)
+    qm.output_structure = None if captured.output_structure.single else captured.output_structure
     qm.eval()
     return qm
 

@@ -42,6 +42,10 @@ class QuantConfig:
             ``options["attention_min_sqnr_db"]`` (25 dB) against SDPA on the first
             ``options["attention_calib_batches"]`` (2) calibration batches; ``plan.attention``
             records each decision.
+        capture: ``"graph"`` (torch.export to an FX graph), ``"module"`` (the eager model with its
+            linears swapped for QuantLinear, no graph: graph-only steps such as 8-bit attention are
+            skipped and listed in ``plan.layers[*].extra`` / ``report()``) or ``"auto"`` (graph,
+            else module form when torch.export cannot trace the model).
 
     Example:
         >>> QuantConfig(recipe="minmax", weight_bits=8, act_bits=8)
@@ -56,6 +60,7 @@ class QuantConfig:
     time_budget_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     attention_bits: int | None = None
+    capture: str = "auto"
 
     def __post_init__(self) -> None:
         from .recipes import RECIPES  # late: recipes import passes which import config
@@ -82,6 +87,10 @@ class QuantConfig:
                              "e.g. allowed_bits=(4, 6, 8)")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise user_error(f"time_budget_s={self.time_budget_s} must be positive", "or None for no limit")
+        if self.capture not in ("graph", "module", "auto"):
+            raise user_error(f"capture={self.capture!r} is not a capture form",
+                             "use 'graph' (torch.export), 'module' (the eager model, no graph) or 'auto' "
+                             "(graph, else module form)")
         if self.attention_bits not in (None, 8):
             raise user_error(f"attention_bits={self.attention_bits} is not supported",
                              "use 8 (INT8 Q.K^T with 16-bit P.V) or None (full-precision attention)")

@@ -23,7 +23,14 @@ from lsgq_compiler.qlinear import QuantLinear
 
 log = logging.getLogger("lsgq_compiler")
 
-__all__ = ["PassBase", "PassResult", "PassContext", "run_passes", "specs", "quant_nodes"]
+__all__ = ["PassBase", "PassResult", "PassContext", "run_passes", "specs", "quant_nodes", "is_module_form",
+           "GRAPH_ONLY_PASSES"]
+
+#: passes that rewrite graph nodes; a module-form capture skips them (and says so in the plan)
+GRAPH_ONLY_PASSES: dict[str, str] = {
+    "QuantizeAttention": "8-bit attention replaces SDPA graph nodes; module form keeps the model's own attention",
+    "Interleave": "rewrites strided writes in the graph; nothing to rewrite without one",
+}
 
 
 @dataclass
@@ -43,9 +50,28 @@ class PassContext:
         return self.config.options.get(name, default)
 
 
+def is_module_form(gm: torch.nn.Module) -> bool:
+    """True for a module-form capture (the eager copy, no graph): see ``lsgq_compiler.capture``."""
+    return not isinstance(gm, fx.GraphModule)
+
+
+def module_form_linears(gm: torch.nn.Module) -> list[tuple[str, QuantLinear]]:
+    """Module form: ``(path in the user's model, QuantLinear)`` in the forward's call order."""
+    root = getattr(gm, "model", gm)
+    order = getattr(gm, "lsgq_order", None) or [n for n, _ in root.named_modules()]
+    mods = dict(root.named_modules())
+    return [(p, mods[p]) for p in order if isinstance(mods.get(p), QuantLinear)]
+
+
 def specs(gm: fx.GraphModule) -> dict[str, LayerSpec]:
-    """LayerSpecs of all annotated nodes, keyed by module path (graph order)."""
+    """LayerSpecs of all annotated nodes, keyed by module path (graph order; call order in
+    module form, where the specs live on the root until SwapLinears and on the modules after)."""
     out: dict[str, LayerSpec] = {}
+    if is_module_form(gm):
+        out.update(getattr(gm, "lsgq_specs", {}))
+        for _, m in module_form_linears(gm):
+            out[m.spec.module_path] = m.spec
+        return out
     for n in gm.graph.nodes:
         s = n.meta.get(META_KEY)
         if isinstance(s, LayerSpec):
@@ -54,7 +80,10 @@ def specs(gm: fx.GraphModule) -> dict[str, LayerSpec]:
 
 
 def quant_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, QuantLinear]]:
-    """``(node, module)`` for every call to a QuantLinear, in graph order."""
+    """``(node, module)`` for every call to a QuantLinear, in graph order. In module form
+    (no graph) ``node`` is None and the order is the forward's call order."""
+    if is_module_form(gm):
+        return [(None, m) for _, m in module_form_linears(gm)]
     out = []
     for n in gm.graph.nodes:
         if n.op == "call_module":
@@ -72,9 +101,16 @@ def run_passes(gm: fx.GraphModule, passes: Iterable[PassBase], timings: dict[str
     ``peak_mem``. A failing pass is named, with the passes that ran before it.
     """
     done: list[str] = []
+    module_form = is_module_form(gm)
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     for p in passes:
         name = type(p).__name__
+        if module_form and name in GRAPH_ONLY_PASSES:
+            skipped = getattr(gm, "lsgq_skipped", [])
+            skipped.append(f"{name}: {GRAPH_ONLY_PASSES[name]}")
+            gm.lsgq_skipped = skipped
+            log.info("pass %s skipped: module form has no graph", name)
+            continue
         t0 = time.perf_counter()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -86,7 +122,7 @@ def run_passes(gm: fx.GraphModule, passes: Iterable[PassBase], timings: dict[str
             raise RuntimeError(f"pass {name} failed after {done or 'no passes'}: {type(e).__name__}: {e}") from e
         if res is not None:
             gm = res.graph_module
-            if res.modified:
+            if res.modified and not module_form:
                 gm.graph.lint()
                 gm.recompile()
         if timings is not None:

@@ -2,8 +2,10 @@
 
 ``W_R <- W_R R`` and at run time ``X -> X R`` with ``R = diag(signs) blockdiag(H_b)``,
 ``b`` the largest power of two dividing ``in_features`` (block-diagonal construction for
-widths that are not powers of two). A width with no usable power-of-two factor is an
-error, never a silent skip.
+widths that are not powers of two). A width with no usable power-of-two factor (below
+``MIN_BLOCK``) leaves that one layer unrotated: ``spec.rotate`` becomes False and
+``spec.extra["fallback"]`` says why (in the plan and ``report()``), never a silent skip and
+never an abort of the whole compile.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import zlib
 
 from torch import fx
 
-from lsgq_compiler.errors import user_error
 from lsgq_compiler.hadamard import hadamard_block_size, random_signs
 
 from .infra import PassBase, PassContext, PassResult, quant_nodes
@@ -33,9 +34,10 @@ class Rotate(PassBase):
                 continue
             block = hadamard_block_size(s.in_features, self.max_block)
             if block < MIN_BLOCK:
-                raise user_error(f"{s.module_path}: in_features={s.in_features} has no power-of-two factor >= "
-                                 f"{MIN_BLOCK}, so no block Hadamard rotation can be built",
-                                 f"set rotate=false for this layer in the plan (or keep it in full precision)")
+                s.rotate = False
+                s.extra["fallback"] = (f"unrotated: in_features={s.in_features} has no power-of-two factor >= "
+                                       f"{MIN_BLOCK}, so no block Hadamard rotation can be built")
+                continue
             seed = self.ctx.config.seed * 1_000_003 + zlib.crc32(s.module_path.encode())
             m.apply_rotation(random_signs(s.in_features, seed), block)
             s.extra["hadamard_block"] = block
