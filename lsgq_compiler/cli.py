@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="several recipes x bit-widths in one table (Markdown, JSON, PNG)")
     add_eval_arguments(c, compare=True)
     c.set_defaults(fn=_cmd_eval)
+    __import__("lsgq_compiler.quantize", fromlist=["x"]).add_quantize_parser(sub)  # lsgq quantize (#18)
     try:
         from .backends.onnx import add_export_onnx_parser
     except ImportError:
