@@ -1,6 +1,9 @@
 """Quantized-model artifacts: integer weight codes in safetensors, plan and checksums in JSON.
 
-A folder holds two files, written together atomically (temporary folder, then rename):
+A folder holds two files, written together atomically (complete in a hidden staging folder,
+then switched in with one atomic exchange by :func:`lsgq_compiler.fsutil.write_folder`; other
+files in an earlier artifact folder are kept, a non-empty folder that is not an artifact is
+refused):
 
 - ``weights.safetensors``: per quantized linear ``{path}/weight.codes`` (uint8; two 4-bit
   codes per byte for <= 4 bits), ``weight.scale`` (float32), ``weight.zero`` (int16), the
@@ -22,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +34,7 @@ from torch import nn
 from lsgq_compiler.api import QuantizedModel, compile_quantized
 from lsgq_compiler.config import QuantConfig
 from lsgq_compiler.errors import user_error
+from lsgq_compiler.fsutil import FolderNotOursError, write_folder
 from lsgq_compiler.plan import Plan
 from lsgq_compiler.quant import quantize_to_int
 
@@ -138,30 +141,54 @@ def save_quantized(qm: QuantizedModel, directory: str | os.PathLike, model: nn.M
     return _write_atomically(Path(directory), tensors, manifest)
 
 
+def _owned_files(directory: Path) -> list[str] | None:
+    """The files an existing artifact folder wrote (from its manifest), or None if the folder is
+    not an lsgq artifact (no manifest, not JSON, another format, or its files are not there)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    files = manifest.get("files", [MANIFEST, manifest.get("weights")])
+    if not isinstance(files, list) or not all(isinstance(f, str) and f and Path(f).name == f for f in files):
+        return None
+    if not all((directory / f).is_file() for f in files if f != MANIFEST):
+        return None
+    return sorted({*files, MANIFEST})
+
+
 def _write_atomically(directory: Path, tensors: dict[str, torch.Tensor], manifest: dict) -> Path:
+    """Write the artifact through :func:`lsgq_compiler.fsutil.write_folder`: complete in a staging
+    folder, switched in atomically; files the user added to an earlier artifact are kept."""
     from safetensors.torch import save_file
 
-    if directory.exists() and any(directory.iterdir()) and not (directory / MANIFEST).is_file():
-        raise user_error(f"{directory} exists and is not an lsgq artifact", "choose an empty or new folder")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    _recover_legacy(directory)
+    manifest = {**manifest, "files": [MANIFEST, WEIGHTS]}
+
+    def write(stage: Path) -> None:
+        save_file(tensors, str(stage / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
     try:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+        return write_folder(directory, write, owned_files=_owned_files, kind="lsgq artifact")
+    except FolderNotOursError as e:
+        raise user_error(str(e).split("\n")[0], "save into an empty or new folder, or an earlier lsgq artifact "
+                         "(its lsgq.json names format 'lsgq-quantized')", ArtifactError) from None
+
+
+def _recover_legacy(directory: Path) -> None:
+    """Older versions switched with two renames via ``.NAME.old-PID``: move a surviving old artifact
+    back if the destination is missing, and drop such leftovers of dead processes."""
+    for p in sorted(directory.parent.glob(f".{directory.name}.old-*")) + sorted(
+            directory.parent.glob(f".{directory.name}.tmp-*")):
+        pid = p.name.rsplit("-", 1)[-1]
+        if p.name.startswith(f".{directory.name}.old-") and not pid.isdigit():
+            continue
+        if p.name.startswith(f".{directory.name}.old-") and not os.path.lexists(directory):
+            os.rename(p, directory)
+        elif p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _fail(directory: Path, what: str, todo: str = "re-save it with save_quantized") -> ArtifactError:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import user_error
+from .fsutil import atomic_write_text  # noqa: F401  (re-exported: older imports use plan.atomic_write_text)
 
 META_KEY = "lsgq"
 PLAN_FORMAT_VERSION = 1
@@ -164,18 +164,3 @@ class Plan:
         if not p.is_file():
             raise user_error(f"plan file {p} does not exist", "pass the path of a JSON plan saved by Plan.save")
         return cls.from_json(p.read_text())
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

@@ -16,7 +16,9 @@ Numerics (:func:`cpu_int8_attention_reference` computes them with numpy):
 
 The library is compiled on first use with the system's C++ compiler (``$CXX`` or ``g++``) into
 a cache folder (``$LSGQ_CACHE_DIR``, default ``~/.cache/lsgq_compiler``), keyed by the source's
-hash, and written under a temporary name then renamed, so concurrent first uses are safe.
+hash, and written under a temporary name then renamed. The sha256 of the library built is
+recorded beside it (``.so.sha256``) and checked before every load; a library that does not
+match is rebuilt, never loaded.
 """
 from __future__ import annotations
 
@@ -25,12 +27,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lsgq_compiler.errors import user_error
+from lsgq_compiler.fsutil import atomic_path, atomic_write_text
 
 SOURCE = Path(__file__).with_name("cpu_attention.cpp")
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
@@ -47,29 +49,51 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LSGQ_CACHE_DIR", Path.home() / ".cache" / "lsgq_compiler"))
 
 
+def _file_sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified(out: Path) -> bool:
+    """True when ``out`` exists and its sha256 equals the one recorded when it was built
+    (``out.sha256``, written after the library): a library we did not build, or one changed
+    since, is rebuilt instead of loaded."""
+    side = out.with_name(out.name + ".sha256")
+    try:
+        return out.is_file() and side.read_text().strip() == _file_sha256(out)
+    except OSError:
+        return False
+
+
 def build(force: bool = False) -> Path:
-    """Compile the kernel library (once per source version) and return its path."""
+    """Compile the kernel library (once per source version) and return its path.
+
+    The cached library is loaded only if its sha256 matches the sidecar ``.sha256`` recorded
+    when this code built it; otherwise (missing, truncated, replaced) it is rebuilt.
+    """
     cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
-        raise user_error(f"the CPU attention kernel needs a C++ compiler and {cxx!r} was not found",
-                         "install g++ (Debian/Ubuntu: apt install g++) or set CXX to a C++17 compiler")
     src = SOURCE.read_bytes()
     tag = hashlib.sha256(src + " ".join([cxx, *FLAGS]).encode()).hexdigest()[:16]
     out = cache_dir() / f"lsgq_cpu_attention_{tag}.so"
-    if out.exists() and not force:
+    if not force and _verified(out):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+    if shutil.which(cxx) is None:
+        raise user_error(f"the CPU attention kernel needs a C++ compiler and {cxx!r} was not found",
+                         "install g++ (Debian/Ubuntu: apt install g++) or set CXX to a C++17 compiler")
+    with atomic_path(out) as tmp:
+        res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
         if res.returncode != 0:
             raise user_error(f"compiling {SOURCE.name} failed:\n{res.stderr[-2000:]}",
                              "check that the compiler supports C++17 and x86 intrinsics (g++ >= 9)", RuntimeError)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        digest = _file_sha256(tmp)
+    atomic_write_text(out.with_name(out.name + ".sha256"), digest + "\n")
+    if not _verified(out):  # another process replaced it between our two renames: use our own check
+        raise user_error(f"the kernel library {out} changed while it was being built",
+                         "run again (concurrent first uses race here), or set LSGQ_CACHE_DIR to a private folder",
+                         RuntimeError)
     return out
 
 

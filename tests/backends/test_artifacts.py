@@ -122,3 +122,80 @@ def test_writes_are_atomic_and_never_clobber_foreign_folders(w4, tmp_path):
     with pytest.raises(ValueError, match="not an lsgq artifact"):
         save_quantized(qm, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_foreign_lsgq_json_folder_is_refused_and_user_files_survive(w4, tmp_path):
+    """Issue 15: a folder holding a file named lsgq.json (not our manifest) plus user files was deleted."""
+    m, inp, qm, y, d = w4
+    foreign = tmp_path / "photos"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / MANIFEST).write_text('{"my": "own json"}')
+    (foreign / "a.jpg").write_bytes(b"jpg")
+    (foreign / "sub" / "b.jpg").write_bytes(b"jpg2")
+    with pytest.raises(ArtifactError, match="not an lsgq artifact"):
+        save_quantized(qm, foreign)
+    assert (foreign / MANIFEST).read_text() == '{"my": "own json"}'
+    assert (foreign / "a.jpg").exists() and (foreign / "sub" / "b.jpg").exists()
+    art = save_quantized(qm, tmp_path / "art")
+    (art / "README.txt").write_text("my notes")
+    (art / "runs").mkdir()
+    (art / "runs" / "log.txt").write_text("log")
+    save_quantized(qm, art, model=m)  # replace the artifact: the user's files stay
+    assert (art / "README.txt").read_text() == "my notes" and (art / "runs" / "log.txt").read_text() == "log"
+    with torch.no_grad():
+        assert torch.equal(load_quantized(art, m, inp)(**inp), y)
+
+
+def test_artifact_modes_follow_umask(w4, tmp_path):
+    _, _, qm, _, _ = w4
+    old = os.umask(0o022)
+    try:
+        art = save_quantized(qm, tmp_path / "art")
+    finally:
+        os.umask(old)
+    assert art.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in art.iterdir())
+
+
+_KILLER = r"""
+import json, os, random, signal, sys, time
+from pathlib import Path
+from lsgq_compiler.backends.artifacts import _write_atomically, read_artifact
+dest, arts, rng = Path(sys.argv[1]), [read_artifact(p) for p in sys.argv[2:4]], random.Random(0)
+for k in range(6):
+    pid = os.fork()
+    if pid == 0:  # the saver: alternates the two artifacts until killed
+        i = 0
+        while True:
+            man, ten = arts[i % 2]
+            _write_atomically(dest, ten, man)
+            i += 1
+    time.sleep(rng.uniform(0.05, 0.6))
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    man, _ = read_artifact(dest)  # raises if missing, truncated or mixed
+    print(json.dumps({"version": man["base_model_sha256"], "notes": (dest / "notes.txt").read_text()}), flush=True)
+"""
+
+
+def test_save_killed_at_random_points_leaves_old_or_new(w4, tmp_path):
+    """Issue 15: a save SIGKILLed at random points, several times: the destination is always a
+    complete, loadable artifact (the old or the new), user files survive, leftovers are cleaned."""
+    import subprocess
+    import sys
+
+    m, inp, qm, y, d = w4
+    a, b = save_quantized(qm, tmp_path / "a"), save_quantized(qm, tmp_path / "b", model=m)
+    versions = {json.loads((p / MANIFEST).read_text())["base_model_sha256"] for p in (a, b)}
+    dest = save_quantized(qm, tmp_path / "dest")
+    (dest / "notes.txt").write_text("keep me")
+    res = subprocess.run([sys.executable, "-c", _KILLER, str(dest), str(a), str(b)], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 6 and all(r["version"] in versions and r["notes"] == "keep me" for r in rows)
+    save_quantized(qm, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "dest"]
+    assert sorted(os.listdir(dest)) == sorted([MANIFEST, WEIGHTS, "notes.txt"])
+    with torch.no_grad():
+        assert torch.equal(load_quantized(dest, m, inp)(**inp), y)

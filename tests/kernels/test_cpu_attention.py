@@ -86,4 +86,18 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     first = ca.build()
     mtime = first.stat().st_mtime_ns
     assert ca.build() == first and first.stat().st_mtime_ns == mtime  # no rebuild
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+    # no temporary left behind; the sha256 of the library built is recorded beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, first.name + ".sha256"]
+
+
+def test_cached_library_is_verified_before_loading(monkeypatch, tmp_path):
+    """Issue 15: a cached .so that is not the one we built (replaced, truncated, no record) is rebuilt."""
+    monkeypatch.setenv("LSGQ_CACHE_DIR", str(tmp_path))
+    first = ca.build()
+    good = first.read_bytes()
+    first.write_bytes(b"\x7fELF not the library we built")
+    assert ca.build() == first and first.read_bytes() == good  # rebuilt, not loaded
+    first.with_name(first.name + ".sha256").unlink()
+    mtime = first.stat().st_mtime_ns
+    ca.build()
+    assert first.stat().st_mtime_ns != mtime and first.with_name(first.name + ".sha256").is_file()

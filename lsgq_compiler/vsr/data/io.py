@@ -8,14 +8,13 @@ half-written file.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from ...fsutil import FolderNotOursError, atomic_path, write_folder
 
 __all__ = [
     "ClipError",
@@ -218,11 +217,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 16, crf: int = 
     if h % 2 or w % 2:
         raise _err(f"write_video: frames are {w}x{h}; H.264 4:2:0 needs even width and height.",
                    "Crop first (fit_clip(frames, None, multiple=2)), or save PNGs with write_frames.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(int(fps), 1))
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
@@ -231,18 +226,23 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 16, crf: int = 
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
                 container.mux(stream.encode(vf))
             container.mux(stream.encode(None))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
+
+
+_FRAME = re.compile(r"^\d{5}\.png$")
+
+
+def _frame_files(directory: Path) -> list[str]:
+    """The frames a previous :func:`write_frames` wrote (``NNNNN.png``); other files are kept."""
+    return [p.name for p in directory.iterdir() if _FRAME.match(p.name) and p.is_file()]
 
 
 def write_frames(directory: str | Path, frames: np.ndarray, overwrite: bool = False) -> Path:
     """Write a clip as a folder of PNG frames ``00000.png, 00001.png, ...``, atomically.
 
-    The frames are written into a temporary sibling folder that is renamed to
-    ``directory`` at the end.
+    The frames are written into a hidden staging folder that is switched in atomically
+    (:func:`lsgq_compiler.fsutil.write_folder`); with ``overwrite`` the earlier frames
+    (``NNNNN.png``) are replaced and any other file in the folder is kept.
 
     Args:
         directory: destination folder.
@@ -260,23 +260,16 @@ def write_frames(directory: str | Path, frames: np.ndarray, overwrite: bool = Fa
         raise _err(f"{directory} exists and is a file.", "Pass a folder path for the frames.")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise _err(f"{directory} already holds files.", "Pass overwrite=True to replace it, or choose a new folder.")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+
+    def write(stage: Path) -> None:
         for i, frame in enumerate(frames):
-            if not cv2.imwrite(str(tmp / f"{i:05d}.png"), np.ascontiguousarray(frame[:, :, ::-1])):
-                raise _err(f"could not write {tmp / f'{i:05d}.png'}.", "Check disk space and permissions.")
-        old = None
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-            old.rmdir()
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            if not cv2.imwrite(str(stage / f"{i:05d}.png"), np.ascontiguousarray(frame[:, :, ::-1])):
+                raise _err(f"could not write {directory / f'{i:05d}.png'}.", "Check disk space and permissions.")
+
+    try:
+        write_folder(directory, write, owned_files=_frame_files, kind="folder of frames")
+    except FolderNotOursError as e:
+        raise _err(str(e).split("\n")[0], "Move those files out, or choose a new folder.") from None
     return directory
 
 
