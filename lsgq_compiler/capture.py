@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from .errors import CaptureError, user_error
@@ -289,6 +290,80 @@ def _quiet_export() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
+_VALUE_READS = (torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist)
+
+
+def _model_line() -> str:
+    """``file:line (code)`` of the innermost frame outside torch and lsgq_compiler."""
+    for f in reversed(traceback.extract_stack()):
+        if "site-packages/torch/" not in f.filename and "lsgq_compiler" not in f.filename \
+                and "/torch/overrides" not in f.filename:
+            return f"{f.filename}:{f.lineno} ({(f.line or '').strip()})"
+    return "?"
+
+
+class _RecordValueReads(TorchFunctionMode):
+    """Eager run: remember every Python value forward() reads out of a tensor
+    (``bool(t)``, ``t.item()``, ``t.tolist()``), in order, with the line that read it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[Any, str]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        if func in _VALUE_READS:
+            self.reads.append((out, _model_line()))
+        return out
+
+
+class _ReplayValueReads(TorchFunctionMode):
+    """Tracing run: answer the same reads with the values of the eager run (specialising the
+    branch/size to the example inputs) and put a guard in the graph for each: at run time an
+    input that gives another value (takes the other branch) stops with an error naming the line."""
+
+    def __init__(self, reads: list[tuple[Any, str]]) -> None:
+        super().__init__()
+        self.reads, self.i = reads, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func not in _VALUE_READS:
+            return func(*args, **(kwargs or {}))
+        if self.i >= len(self.reads):
+            raise RuntimeError("value reads differ between the eager run and the trace")
+        value, line = self.reads[self.i]
+        self.i += 1
+        t = args[0]
+        with torch.overrides._no_torch_function_mode() if hasattr(torch.overrides, "_no_torch_function_mode") \
+                else contextlib.nullcontext():
+            expected = torch.tensor(value, dtype=t.dtype if func is not torch.Tensor.__bool__ else torch.bool,
+                                    device=t.device)
+            got = t.bool() if func is torch.Tensor.__bool__ else t
+            cond = (got == expected).all()
+        torch._assert_async(cond, f"lsgq capture guard: {line} read {value!r} from a tensor when the model was "
+                                  f"captured, and this input gives another value (it takes another branch or size) "
+                                  f"-> compile with QuantConfig(capture='module') for inputs that differ there, or "
+                                  f"capture with inputs that take this branch")
+        return value
+
+
+class _InMode(nn.Module):
+    """Runs ``inner`` inside a torch-function mode (what gets exported for specialisation)."""
+
+    def __init__(self, inner: nn.Module, mode: TorchFunctionMode) -> None:
+        super().__init__()
+        self.inner, self.mode = inner, mode
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self.mode:
+            return self.inner(*args, **kwargs)
+
+
+def _is_data_dependent(text: str) -> bool:
+    return bool(re.search(r"data.dependent|GuardOnDataDependent|unbacked|non-nested SymInt|"
+                          r"Could not extract specialized integer", text, re.I))
+
+
 def _sincos_targets(model: nn.Module) -> list[nn.Module]:
     """Modules that rebuild a sin-cos positional table inside forward() when the input size
     differs from their ``sample_*`` config (CogVideoX / ConsisID ``CogVideoXPatchEmbed``)."""
@@ -338,6 +413,27 @@ def _precompute_sincos_embeddings(model: nn.Module, run: Any) -> list[str]:
                     f"{f}x{h}x{w} (config sample_* {m.sample_frames}x{m.sample_height}x{m.sample_width})")
         m.sample_height, m.sample_width, m.sample_frames = h, w, f
     return done
+
+
+def _export_specialised(wrapper: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, list[str], Exception | None]:
+    """Export again with every tensor-value read (``bool``/``item``/``tolist``) decided by the
+    example inputs and guarded (see :class:`_ReplayValueReads`). ``(None, [])`` when that
+    does not trace either (e.g. ``.numpy()`` routing, sizes from tensor values): then
+    ``(None, [], error)`` and the caller falls back to module form."""
+    rec = _RecordValueReads()
+    with torch.no_grad(), rec:
+        wrapper(*args, **kwargs)
+    if not rec.reads:
+        return None, [], None
+    try:
+        with _quiet_export():
+            ep = torch.export.export(_InMode(wrapper, _ReplayValueReads(rec.reads)), args, kwargs, strict=False)
+    except Exception as e:
+        return None, [], e
+    lines = {}
+    for v, line in rec.reads:
+        lines.setdefault(line, repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "...")
+    return ep, [f"specialised to the example inputs, guarded: {line} -> {v}" for line, v in lines.items()], None
 
 
 def _called_linears(model: nn.Module, run: Any) -> list[str]:
@@ -407,13 +503,19 @@ def capture(model: nn.Module, example_inputs: Inputs, copy_model: bool = True, f
     graph_error = None
     if form in ("graph", "auto"):
         rewrites = _precompute_sincos_embeddings(src, run)
+        ep, first = None, None
         try:
             with _quiet_export():
                 ep = torch.export.export(wrapper, args, kwargs, strict=False)
         except Exception as e:
-            err = _explain_export_failure(model, e)
+            first = e
+        if ep is None and _is_data_dependent(str(first)):
+            ep, spec_notes, _ = _export_specialised(wrapper, args, kwargs)
+            rewrites += spec_notes  # on failure the first (unspecialised) error is the clearer one
+        if ep is None:
+            err = _explain_export_failure(model, first)
             if form == "graph":
-                raise err from e
+                raise err from first
             graph_error = str(err).splitlines()[0] + " | " + str(err).splitlines()[1].strip()
         else:
             gm = ep.module()

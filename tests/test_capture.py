@@ -36,11 +36,27 @@ class DataDependent(nn.Module):
         return -self.lin(x)
 
 
+def test_data_dependent_branch_specialised_and_guarded():
+    cap = capture(DataDependent(), (torch.ones(2, 4),))
+    assert any("x.sum() > 0" in r for r in cap.rewrites)
+    with pytest.raises(RuntimeError, match="capture guard"):
+        cap.gm(-torch.ones(2, 4))  # the other branch
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) * float(x.sum().numpy())  # leaves torch: nothing to trace
+
+
 def test_capture_failure_names_model_and_construct():
     with pytest.raises(CaptureError) as e:
-        capture(DataDependent(), (torch.ones(2, 4),))
+        capture(Untraceable(), (torch.ones(2, 4),))
     msg = str(e.value)
-    assert "DataDependent" in msg and "data-dependent" in msg and "->" in msg
+    assert "Untraceable" in msg and "data-dependent" in msg and "->" in msg
 
 
 def test_inputs_that_do_not_match():

@@ -1,4 +1,4 @@
-"""One coverage run: build a config of :mod:`configs`, compile it, judge it on fresh inputs.
+"""One coverage run: build a config of :mod:`diffusers_configs`, compile it, judge it on fresh inputs.
 
 Shared by ``tests/capture_coverage/test_capture_coverage.py`` (a CI-sized subset) and
 ``bench/capture_coverage.py`` (every config; results JSON committed).
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from configs import CONFIGS, make_inputs, make_model
+from diffusers_configs import CONFIGS, make_inputs, make_model
 from lsgq_compiler import QuantConfig, compile_quantized
 
 #: W8A8 MinMax must reach this on every output (issue 19)

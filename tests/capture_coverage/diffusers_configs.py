@@ -281,9 +281,10 @@ NEEDS = {"Cosmos": ("torchvision", "CosmosTransformer3DModel's forward calls tor
 
 #: configs LSGQuant W4A4 must also run on (issue 19)
 LSGQUANT = ("Wan", "CogVideoX1.5", "Flux", "SD3", "LTXVideo", "HunyuanVideo", "Mochi")
-#: a CI-sized subset covering each capture route: plain graph, sin-cos rewrite, several outputs,
-#: list output, module form
-CI_SUBSET = ("Wan", "CogVideoX", "LTX2Video", "ZImage", "Lumina2", "Flux")
+#: a CI-sized subset covering each capture route: plain graph (Wan), list output (ZImage), module
+#: form (Lumina2); the tests also run CogVideoX (sin-cos rewrite), LTX2Video (several outputs) and
+#: HunyuanVideo15 (a specialised + guarded branch) on their own
+CI_SUBSET = ("Wan", "ZImage", "Lumina2")
 
 _DTYPES = {"bool": torch.bool, "int64": torch.int64, "float32": torch.float32}
 
