@@ -16,7 +16,7 @@ Stages (each timed, with its peak memory; a progress bar over them, quiet withou
    so the estimated checkpoint fits; re-applied with ``compile_quantized(..., plan=...)``.
 5. ``fidelity floor`` (``--min-fidelity-db``): :func:`lsgq_compiler.fidelity.raise_until_floor`.
 6. ``save``: the deploy checkpoint in ``OUT/checkpoint`` (:func:`lsgq_compiler.save_pretrained`),
-   then ``verify``: loaded back with :func:`lsgq_compiler.from_pretrained` and run on a held-back batch.
+   then ``verify``: loaded back with :func:`lsgq_compiler.from_pretrained` and run on the held-back batches.
 7. ``report``: ``OUT/report/`` with ``plan.json``, ``plan.png`` (per-layer sensitivity, tier and
    bits), ``summary.md`` and ``summary.json``.
 
@@ -520,10 +520,11 @@ def save_checkpoint(qm: Any, folder: Path, model: nn.Module) -> str:
     return kind
 
 
-def verify_checkpoint(folder: Path, device: torch.device, batch: dict, ref: torch.Tensor,
-                      qm_out: torch.Tensor) -> dict[str, float] | None:
-    """Load ``folder`` with :func:`lsgq_compiler.from_pretrained` and run ``batch``: SQNR of its
-    output against full precision and against the compiled model (None without the deploy module)."""
+def verify_checkpoint(folder: Path, device: torch.device, batches: list[dict], ref: list[torch.Tensor],
+                      qm_out: list[torch.Tensor]) -> dict[str, float] | None:
+    """Load ``folder`` with :func:`lsgq_compiler.from_pretrained` and run the held-back ``batches``:
+    pooled SQNR of its outputs against full precision and against the compiled model (None
+    without the deploy module)."""
     import lsgq_compiler
 
     load = getattr(lsgq_compiler, "from_pretrained", None)
@@ -531,10 +532,10 @@ def verify_checkpoint(folder: Path, device: torch.device, batch: dict, ref: torc
         return None
     from .capture import ReturnTensor
 
-    m = load(str(folder), device=str(device))
+    m = ReturnTensor(load(str(folder), device=str(device)))
     with torch.no_grad():
-        out = ReturnTensor(m)(**batch)
-    return {"sqnr_vs_fp_db": sqnr_db([ref], [out]), "sqnr_vs_compiled_db": sqnr_db([qm_out], [out])}
+        out = [m(**b) for b in batches]
+    return {"sqnr_vs_fp_db": sqnr_db(ref, out), "sqnr_vs_compiled_db": sqnr_db(qm_out, out)}
 
 
 def _dir_bytes(folder: Path) -> int:
@@ -690,8 +691,8 @@ def run_quantize(job: QuantizeJob, dtype: torch.dtype = torch.float32) -> dict[s
         with _stage("verify", log, device, bar) as row:
             from .calibration import run_batches
 
-            qm_out = run_batches(qm, [((), held[0])], progress=False)[0]
-            verified = verify_checkpoint(ckpt, device, held[0], ref[0], qm_out)
+            qm_out = run_batches(qm, [((), b) for b in held], progress=False)
+            verified = verify_checkpoint(ckpt, device, held, ref, qm_out)
             if verified:
                 row.update({k: round(v, 3) for k, v in verified.items()})
         # 7. report --------------------------------------------------------------------------
@@ -746,7 +747,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
              f"{s['avg_weight_bits']}"]
     if s.get("verify"):
         v = s["verify"]
-        lines.append(f"- checkpoint loaded back (from_pretrained) on a held-back batch: "
+        lines.append(f"- checkpoint loaded back (from_pretrained), on the held-back batches: "
                      f"{_fmt_db(v['sqnr_vs_fp_db'])} vs full precision, {_fmt_db(v['sqnr_vs_compiled_db'])} vs the "
                      "compiled model")
     if s.get("size_budget_gb") is not None:
@@ -782,7 +783,12 @@ def _write_report(folder: Path, plan: Plan, base_plan: Plan, summary: dict[str, 
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "plan.json", plan.to_json())
-    plot_plan(plan, folder / "plan.png", title=f"{summary['model_class']}: sensitivity, tier and bits per layer")
+    shown = Plan.from_dict(plan.to_dict())  # sensitivities as ranked (at the starting formats), bits as chosen
+    for k, s in shown.layers.items():
+        if k in base_plan.layers and base_plan.layers[k].sensitivity is not None:
+            s.sensitivity = base_plan.layers[k].sensitivity
+    plot_plan(shown, folder / "plan.png", title=f"{summary['model_class']}: sensitivity (at the starting formats), "
+              "tier and bits per layer")
     atomic_write_text(folder / "summary.md", summary_markdown(summary))
 
 
