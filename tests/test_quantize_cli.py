@@ -216,3 +216,19 @@ def test_tiny_vsr(tmp_path, monkeypatch):
     assert main(["quantize", "--model", "tiny-vsr", "--recipe", "minmax", "--bits", "w8a8", "--out",
                  str(tmp_path / "b"), "--no-progress"]) == 0
     assert "built-in calibration" in (tmp_path / "b" / "report" / "summary.md").read_text()
+
+
+def test_canonical_safetensors_headers(tmp_path):
+    """safetensors writes several metadata keys in random order; sorting them makes saves byte-identical."""
+    from safetensors.torch import load_file, save_file
+
+    t = {"a": torch.arange(5.0), "b": torch.ones(3, dtype=torch.int8)}
+    seen = set()
+    for i in range(8):
+        p = tmp_path / f"{i}.safetensors"
+        save_file(t, str(p), metadata={"format": "x", "format_version": "1", "note": "ü"})
+        assert qz.canonicalize_safetensors(p)
+        seen.add(p.read_bytes())
+    assert len(seen) == 1
+    back = load_file(str(tmp_path / "0.safetensors"))
+    assert all(torch.equal(back[k], t[k]) for k in t)
