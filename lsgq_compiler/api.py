@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Iterable
 
 import torch
@@ -123,7 +124,13 @@ def compile_quantized(
     ctx.timings["capture"] = capture_s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        if config.target != "sim":  # deploy target: formats and grids of its kernels (passes/target.py)
+            from lsgq_compiler.passes.target import insert_target_passes, target_config
+
+            ctx.config = target_config(config)
         passes = RECIPES[config.recipe].build(ctx)
+        if config.target != "sim":
+            passes = insert_target_passes(passes, ctx)
         if config.attention_bits:
             from lsgq_compiler.passes.attention import QuantizeAttention
 
@@ -145,6 +152,7 @@ def compile_quantized(
 
     record_capture(gm, captured, result_plan, info)
     qm = QuantizedModel(gm, result_plan, config, info)
+    qm._source_model = weakref.ref(model)  # for lsgq_compiler.save_pretrained / deploy.to_module_form
     qm.output_structure = None if captured.output_structure.single else captured.output_structure
     qm.eval()
     return qm

@@ -42,6 +42,11 @@ class QuantConfig:
             ``options["attention_min_sqnr_db"]`` (25 dB) against SDPA on the first
             ``options["attention_calib_batches"]`` (2) calibration batches; ``plan.attention``
             records each decision.
+        target: where the model will run (``lsgq_compiler.deploy.targets``): ``"sim"`` (any
+            format, simulated in float), ``"cuda-sm90"``, ``"cuda-sm100"``, ``"cuda-sm89"``,
+            ``"cuda-sm80"`` or ``"cpu"``. A target restricts each layer to the formats its kernels
+            run and sets the quantizer grid to exactly what the kernel computes; each layer's
+            ``extra["target"]`` records what the recipe asked for and what it became.
         capture: ``"graph"`` (torch.export to an FX graph), ``"module"`` (the eager model with its
             linears swapped for QuantLinear, no graph: graph-only steps such as 8-bit attention are
             skipped and listed in ``plan.layers[*].extra`` / ``report()``) or ``"auto"`` (graph,
@@ -60,6 +65,7 @@ class QuantConfig:
     time_budget_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     attention_bits: int | None = None
+    target: str = "sim"
     capture: str = "auto"
 
     def __post_init__(self) -> None:
@@ -91,6 +97,11 @@ class QuantConfig:
             raise user_error(f"capture={self.capture!r} is not a capture form",
                              "use 'graph' (torch.export), 'module' (the eager model, no graph) or 'auto' "
                              "(graph, else module form)")
+        from .deploy.targets import TARGET_NAMES  # late, like RECIPES
+
+        if self.target not in TARGET_NAMES:
+            raise user_error(f"unknown target {self.target!r}",
+                             f"use one of: {', '.join(TARGET_NAMES)} ('sim': any format, simulated)")
         if self.attention_bits not in (None, 8):
             raise user_error(f"attention_bits={self.attention_bits} is not supported",
                              "use 8 (INT8 Q.K^T with 16-bit P.V) or None (full-precision attention)")
