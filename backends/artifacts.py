@@ -76,6 +76,13 @@ def _fingerprint(model: nn.Module, skip: set[str]) -> str:
     return h.hexdigest()
 
 
+def _plan_sha256(manifest: dict) -> str:
+    """sha256 over what the manifest says about the model apart from the tensors (plan, config,
+    coding, shapes, the base-model fingerprint): an edited plan fails this check."""
+    keys = ("plan", "config", "model_class", "input_shapes", "lowrank_dtype", "coding", "base_model_sha256")
+    return hashlib.sha256(json.dumps({k: manifest.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+
+
 def _covered(qm_paths: Iterable[str]) -> set[str]:
     return {f"{p}.{k}" for p in qm_paths for k in ("weight", "bias")}
 
@@ -87,8 +94,10 @@ def save_quantized(qm: QuantizedModel, directory: str | os.PathLike, model: nn.M
     Args:
         qm: a QuantizedModel from :func:`~lsgq_compiler.compile_quantized` (not a lowered one).
         directory: the artifact folder.
-        model: the full-precision model ``qm`` was compiled from; when given, a fingerprint of
-            its tensors that the artifact does not hold is stored and checked on load.
+        model: the full-precision model ``qm`` was compiled from; a fingerprint of its tensors
+            that the artifact does not hold is stored and checked on load. Without it the
+            artifact records that, and :func:`load_quantized` refuses it unless
+            ``check_model=False``.
         lowrank_dtype: storage of the low-rank factors (``torch.float16``/``bfloat16``; float32
             reproduces a low-rank model bit for bit).
 
@@ -137,7 +146,9 @@ def save_quantized(qm: QuantizedModel, directory: str | os.PathLike, model: nn.M
         "tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape), "sha256": _sha256(v)}
                     for k, v in tensors.items()},
         "base_model_sha256": _fingerprint(model, _covered(layers)) if model is not None else None,
+        "saved_with_model": model is not None,
     }
+    manifest["plan_sha256"] = _plan_sha256(manifest)
     return _write_atomically(Path(directory), tensors, manifest)
 
 
@@ -232,6 +243,14 @@ def read_artifact(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.T
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise _fail(d, f"{name} is not a readable safetensors file ({str(e).splitlines()[0][:160]}); truncated?") from None
+    if manifest.get("plan_sha256") != _plan_sha256(manifest):
+        raise _fail(d, f"its plan, config or coding fails the {MANIFEST} checksum (plan_sha256): it was edited, "
+                    "or saved by an older lsgq-compiler without that checksum",
+                    "re-save it with save_quantized; to change a plan, edit Plan.save's JSON and recompile")
+    try:
+        Plan.from_dict(manifest.get("plan"))
+    except (ValueError, TypeError) as e:
+        raise _fail(d, f"its plan is invalid: {str(e).splitlines()[0]}") from None
     expected = manifest.get("tensors", {})
     if set(expected) != set(tensors):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -281,7 +300,9 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module, example_input
         model: the full-precision model the artifact was made from (its structure, and the
             tensors the artifact does not hold: full-precision layers, norms, embeddings).
         example_inputs: inputs at the shapes to run (the plan re-applies at other shapes).
-        check_model: refuse a ``model`` whose other tensors differ from the one saved with.
+        check_model: refuse a ``model`` whose other tensors differ from the one saved with, and
+            refuse an artifact saved without ``model=`` (nothing to check against);
+            ``check_model=False`` is the explicit opt-out.
 
     Quantized weights are restored on their quantization grid and kept there (``wq`` is
     None: the dequantized codes are the weights), so outputs match the saved model bit for bit,
@@ -295,7 +316,11 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module, example_input
     plan = Plan.from_dict(manifest["plan"])
     saved = copy.deepcopy(plan)
     config = QuantConfig.from_dict(manifest["config"])
-    if check_model and manifest.get("base_model_sha256"):
+    if check_model and not manifest.get("base_model_sha256"):
+        raise _fail(d, "was saved without model=, so the base model it loads into (its full-precision layers, "
+                    "norms, embeddings) cannot be checked", "pass check_model=False to load it anyway, at your risk, "
+                    "or re-save with save_quantized(qm, directory, model=base_model)")
+    if check_model:
         if _fingerprint(model, _covered(plan.layers)) != manifest["base_model_sha256"]:
             raise _fail(d, f"the given {type(model).__name__} differs from the model it was saved with "
                         "(full-precision layers, norms or embeddings changed)",

@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print(f"lsgq {args.cmd}: interrupted; what finished was written (compare: --resume continues)",
+              file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as e:  # every project error is one of these
         print(f"lsgq {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

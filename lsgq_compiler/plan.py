@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,13 +79,72 @@ class LayerSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LayerSpec":
+    def from_dict(cls, d: dict[str, Any], key: str | None = None) -> "LayerSpec":
+        """Build and validate one plan entry (``key``: its key in ``Plan.layers``, for messages).
+
+        Raises ValueError/TypeError naming the layer and the field for a missing field, a
+        field of the wrong type, or bits outside 2..8."""
+        name = key if key is not None else (d.get("module_path", "?") if isinstance(d, dict) else "?")
+        if not isinstance(d, dict):
+            raise user_error(f"plan layer {name!r} is {type(d).__name__}, not a mapping of fields",
+                             "each entry of 'layers' is an object like the ones Plan.save writes", TypeError)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise user_error(f"plan entry {d.get('module_path', '?')!r} has unknown fields {sorted(unknown)}",
+            raise user_error(f"plan layer {name!r} has unknown fields {sorted(unknown)}",
                              f"known fields: {sorted(known)}")
+        missing = [f for f in ("module_path", "in_features", "out_features") if f not in d]
+        if missing:
+            raise user_error(f"plan layer {name!r} lacks the required field(s) {missing}",
+                             "restore them (module_path, in_features, out_features), or re-make the plan")
+        for f, value in d.items():
+            _check_field(name, f, value)
         return cls(**d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_field(layer: str, f: str, v: Any) -> None:
+    """One field of a plan entry: the right type and range, or a clear error naming both."""
+    def bad(why: str, todo: str, cls: type[Exception] = ValueError) -> Exception:
+        return user_error(f"plan layer {layer!r}: {f}={v!r} {why}", todo, cls)
+
+    if f in ("weight_bits", "act_bits"):
+        if v is None:
+            return
+        if not _is_int(v):
+            raise bad(f"is {type(v).__name__}, not an integer", "use an integer 2..8, or null for full precision",
+                      TypeError)
+        if not 2 <= v <= 8:
+            raise bad("is outside 2..8", "use an integer 2..8, or null for full precision")
+    elif f in ("in_features", "out_features"):
+        if not _is_int(v) or v < 1:
+            raise bad("is not a positive integer", "use the layer's real size", TypeError if not _is_int(v) else
+                      ValueError)
+    elif f in ("rank", "train_iters"):
+        if not _is_int(v) or v < 0:
+            raise bad("is not a non-negative integer", "use 0 or a positive integer",
+                      TypeError if not _is_int(v) else ValueError)
+    elif f == "group_size":
+        if v is not None and (not _is_int(v) or v < 1):
+            raise bad("is not a positive integer or null", "use e.g. 64, or null")
+    elif f in ("weight_symmetric", "act_symmetric", "rotate"):
+        if not isinstance(v, bool):
+            raise bad(f"is {type(v).__name__}, not true/false", "use true or false", TypeError)
+    elif f in ("sensitivity", "smooth_alpha"):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v):
+            raise bad("is not a number or null", "use a number, or null", TypeError)
+    elif f in ("module_path", "weight_granularity", "act_granularity", "act_quantizer"):
+        if not isinstance(v, str) or not v:
+            raise bad("is not a non-empty string", "use the value Plan.save wrote", TypeError)
+    elif f == "tier":
+        if v is not None and not isinstance(v, str):
+            raise bad("is not a string or null", "use 'frozen', 'light', 'full' or null", TypeError)
+    elif f == "extra":
+        if not isinstance(v, dict):
+            raise bad("is not a mapping", "use an object ({} for none)", TypeError)
 
 
 @dataclass
@@ -137,14 +197,36 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        """Build and validate a plan: ``layers`` a mapping of module path -> entry whose
+        ``module_path`` equals its key, every entry valid (:meth:`LayerSpec.from_dict`),
+        ``version`` an integer this lsgq-compiler reads. Raises ValueError/TypeError saying
+        which layer and field is wrong."""
         if not isinstance(d, dict) or "layers" not in d:
             raise user_error("not a plan: no 'layers' mapping", "load a JSON written by Plan.save / qm.plan.save")
-        if d.get("version", PLAN_FORMAT_VERSION) > PLAN_FORMAT_VERSION:
-            raise user_error(f"plan format version {d['version']} is newer than this lsgq-compiler "
+        version = d.get("version", PLAN_FORMAT_VERSION)
+        if not _is_int(version) or version < 1:
+            raise user_error(f"plan version {version!r} is not a positive integer",
+                             f"use {PLAN_FORMAT_VERSION} (the version Plan.save writes)", TypeError)
+        if version > PLAN_FORMAT_VERSION:
+            raise user_error(f"plan format version {version} is newer than this lsgq-compiler "
                              f"({PLAN_FORMAT_VERSION})", "upgrade lsgq-compiler")
-        return cls(layers={k: LayerSpec.from_dict(v) for k, v in d["layers"].items()},
-                   model_class=d.get("model_class", ""), config=d.get("config", {}),
-                   version=d.get("version", PLAN_FORMAT_VERSION), attention=d.get("attention", {}))
+        layers = d["layers"]
+        if not isinstance(layers, dict):
+            raise user_error(f"plan 'layers' is {type(layers).__name__}, not a mapping of module path -> entry",
+                             "write layers as {\"blocks.0.attn1.to_q\": {...}, ...}", TypeError)
+        for f, typ in (("model_class", str), ("config", dict), ("attention", dict)):
+            if f in d and not isinstance(d[f], typ):
+                raise user_error(f"plan field {f!r} is {type(d[f]).__name__}, not {typ.__name__}",
+                                 "use the value Plan.save wrote", TypeError)
+        specs = {}
+        for k, v in layers.items():
+            spec = LayerSpec.from_dict(v, key=k)
+            if spec.module_path != k:
+                raise user_error(f"plan layer {k!r} has module_path {spec.module_path!r}; the key and the "
+                                 "module_path must be the same", "make them equal (the module's path in the model)")
+            specs[k] = spec
+        return cls(layers=specs, model_class=d.get("model_class", ""), config=d.get("config", {}),
+                   version=version, attention=d.get("attention", {}))
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
@@ -163,4 +245,8 @@ class Plan:
         p = Path(path)
         if not p.is_file():
             raise user_error(f"plan file {p} does not exist", "pass the path of a JSON plan saved by Plan.save")
-        return cls.from_json(p.read_text())
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError:
+            raise user_error(f"plan file {p} is not text", "pass a JSON plan saved by Plan.save") from None
+        return cls.from_json(text)

@@ -34,3 +34,40 @@ def test_bad_plan_files(tmp_path):
         Plan.from_dict(d)
     with pytest.raises(ValueError, match="does not exist"):
         Plan.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("field, value, err, match", [
+    ("weight_bits", 0, ValueError, "weight_bits=0 is outside 2..8"),
+    ("weight_bits", -4, ValueError, "outside 2..8"),
+    ("act_bits", 99, ValueError, "act_bits=99 is outside 2..8"),
+    ("weight_bits", 4.5, TypeError, "not an integer"),
+    ("weight_bits", "4", TypeError, "not an integer"),
+    ("weight_bits", True, TypeError, "not an integer"),
+    ("rank", -1, ValueError, "rank=-1"),
+    ("rotate", "yes", TypeError, "rotate"),
+    ("extra", None, TypeError, "extra"),
+])
+def test_plan_entries_are_validated(field, value, err, match):
+    """Issue 15: bad bits were accepted silently (0 kept full precision) or crashed with raw errors."""
+    d = _plan().to_dict()
+    d["layers"]["blocks.0.attn1.to_q"][field] = value
+    with pytest.raises(err, match=match) as e:
+        Plan.from_dict(d)
+    assert "blocks.0.attn1.to_q" in str(e.value)
+
+
+def test_plan_structure_is_validated():
+    base = _plan().to_dict()
+    cases = [
+        (lambda d: d["layers"]["proj_out"].pop("in_features"), ValueError, "proj_out.*in_features"),
+        (lambda d: d.update(layers=list(d["layers"].values())), TypeError, "not a mapping"),
+        (lambda d: d["layers"].update(proj_out=None), TypeError, "proj_out.*NoneType"),
+        (lambda d: d.update(version="1"), TypeError, "version '1'"),
+        (lambda d: d.update(version=2), ValueError, "newer"),
+        (lambda d: d["layers"]["proj_out"].update(module_path="proj_in"), ValueError, "key and the module_path"),
+    ]
+    for edit, err, match in cases:
+        d = json.loads(json.dumps(base))
+        edit(d)
+        with pytest.raises(err, match=match):
+            Plan.from_dict(d)

@@ -7,7 +7,8 @@ built-in seeded pipeline; real low-quality clips (no ground truth) are judged by
 and warping error only. Quantized variants are calibrated on the built-in calibration
 set, never on the evaluated clips. Clips of any size are run in overlapping tiles of the
 captured shape (see :mod:`lsgq_compiler.vsr.tiling`); only the first ``--frames`` frames are
-used.
+used, and a clip with fewer (at least 2) is run with its frames repeated back and forth to fill
+the model's window (its metrics are over its own frames).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -92,7 +94,9 @@ def load_eval_clips(source: str, frames: int, max_lq: int | None = None) -> list
     out = []
     for p in list_clips(root):
         try:
-            hq = fit_clip(read_clip(p, max_frames=frames), frames, multiple=8)
+            raw = read_clip(p, max_frames=frames)
+            # a clip shorter than --frames (>= 2) runs too: the tiler repeats its frames to fill the window
+            hq = fit_clip(raw, min(frames, len(raw)), multiple=8)
         except ClipError as e:
             warnings.warn(f"skipping {p.name}: {e}", stacklevel=2)
             continue
@@ -167,14 +171,18 @@ def evaluate(runner: VSRRunner, clips: list[EvalClip], configs: list[QuantConfig
 
 def evaluate_sets(runner: VSRRunner, sets: dict[str, list[EvalClip]], configs: list[QuantConfig] | list[Variant],
                   keep_outputs: bool = False, prior: dict[str, dict[str, Any]] | None = None,
-                  on_variant: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> dict[str, dict[str, Any]]:
+                  on_variant: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+                  set_args: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Evaluate on several clip sets, quantizing each config once.
 
     Variants are handled one at a time (quantize, run every clip of every set, free the
     model unless ``keep_outputs`` or it was passed in quantized), so memory stays flat over
-    long comparisons. ``prior``: earlier results per set (``--resume``): variants whose
-    per-clip metrics are there for every set are not run again. ``on_variant``: called with
-    the partial results per set after each variant (to checkpoint them).
+    long comparisons. ``prior``: earlier results per set (``--resume``, see :func:`resume_rows`):
+    every finished row is kept, rows of this run whose recorded arguments match are not run
+    again, rows whose arguments differ are recomputed (said on stderr). ``set_args``: the
+    arguments that decide each set's baselines (clip source, frames, crop, clip names),
+    recorded in the results as ``"args"``. ``on_variant``: called with the partial results per
+    set after each variant (to checkpoint them).
     """
     from .data import bicubic_upscale
 
@@ -191,17 +199,29 @@ def evaluate_sets(runner: VSRRunner, sets: dict[str, list[EvalClip]], configs: l
                 outputs[src][c.name] = outs
     info: dict[str, dict[str, Any]] = {}
     order: list[str] = []
+    tags = [item.tag for item in configs]
+    reuse: set[str] = set()
+    for src in sets:  # --resume: every finished row is kept; rows whose arguments differ are recomputed
+        carried, stale = resume_rows(prior.get(src, {}), (set_args or {}).get(src), configs)
+        for tag, why in stale.items():
+            print(f"resume: recomputing {tag} ({src}): {why}", file=sys.stderr)
+        ok = set(carried) - set(stale)
+        reuse = ok if src == next(iter(sets)) else reuse & ok
+        for tag in carried:
+            if tag not in tags and tag not in order:
+                order.append(tag)  # a row of an earlier run that this run does not ask for: kept
+    reuse |= {t for t in order if t not in tags}
+    for tag in reuse:
+        for src in sets:
+            old = prior[src]
+            for c in sets[src]:
+                per_clip[src][c.name][tag] = old["per_clip"][c.name][tag]
+        first = prior[next(iter(sets))]
+        info[tag] = dict(first["variants"][tag], results=first["results"][tag], resumed=True)
     for item in tqdm(configs, desc="variants", disable=not runner.progress or len(configs) < 2):
         tag = item.tag
         order.append(tag)
-        old = {src: prior.get(src, {}) for src in sets}
-        if all(tag in old[src].get("variants", {}) and all(tag in old[src].get("per_clip", {}).get(c.name, {})
-                                                           for c in sets[src]) for src in sets):
-            for src in sets:
-                for c in sets[src]:
-                    per_clip[src][c.name][tag] = old[src]["per_clip"][c.name][tag]
-            first = old[next(iter(sets))]
-            info[tag] = dict(first["variants"][tag], results=first["results"][tag], resumed=True)
+        if tag in reuse:
             continue
         v = item if isinstance(item, Variant) else runner.quantize(item)
         for src, clips in sets.items():
@@ -218,13 +238,64 @@ def evaluate_sets(runner: VSRRunner, sets: dict[str, list[EvalClip]], configs: l
         if not keep_outputs and not isinstance(item, Variant):
             v.qm = None  # free the quantized model
         if on_variant is not None:
-            on_variant({src: _summarize(runner, sets[src], per_clip[src], order, info) for src in sets})
+            on_variant({src: dict(_summarize(runner, sets[src], per_clip[src], order, info),
+                                  **({"args": set_args[src]} if set_args and src in set_args else {}))
+                        for src in sets})
     res = {src: _summarize(runner, sets[src], per_clip[src], order, info) for src in sets}
+    for src in sets:
+        if set_args and src in set_args:
+            res[src]["args"] = set_args[src]
     if keep_outputs:
         for src in sets:
             res[src]["_outputs"] = outputs[src]
             res[src]["_variants"] = [info[t]["variant"] for t in order if "variant" in info[t]]
     return res
+
+
+def resume_rows(prior: dict[str, Any], set_args: dict[str, Any] | None,
+                configs: list[QuantConfig] | list[Variant]) -> tuple[list[str], dict[str, str]]:
+    """Which rows of an earlier ``results.json`` a resumed run keeps, and which it must recompute.
+
+    Args:
+        prior: one clip set's earlier results (``{}``: nothing to resume).
+        set_args: this run's arguments that decide the baselines (``source``, ``frames``,
+            ``max_lq``, ``clips``: the clip names); None skips the check.
+        configs: this run's variants; a row's arguments are its ``QuantConfig`` (recipe, bits,
+            options, time budget, attention bits, ...), recorded in ``variants[tag]["config"]``.
+
+    Returns:
+        ``(carried, stale)``: every finished row of ``prior`` in its order (all are kept), and
+        for rows of this run whose recorded arguments differ, what differs (they are recomputed).
+
+    Raises:
+        ValueError: the earlier results were made with other baseline arguments (frames, crop,
+        clips): mixing their rows with new baselines would be wrong, so the run is refused.
+    """
+    if not prior:
+        return [], {}
+    if set_args is not None:
+        before = dict(prior.get("args") or {"frames": prior.get("frames"), "clips": sorted(prior.get("per_clip", {}))})
+        now = {**set_args, "clips": sorted(set_args.get("clips", []))}
+        before["clips"] = sorted(before.get("clips", []))
+        diff = [f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in now if k in before and before[k] != now[k]]
+        if diff:
+            raise user_error("--resume: the earlier results were made with other arguments (" + "; ".join(diff) + ")",
+                             "run with the same --clips/--frames/--max-lq, or write to a new --out (the earlier "
+                             "results were left as they are)")
+    variants = prior.get("variants", {})
+    clips = prior.get("per_clip", {})
+    carried = [t for t in variants if t in prior.get("results", {}) and all(t in r for r in clips.values())]
+    stale: dict[str, str] = {}
+    for item in configs:
+        tag, cfg = item.tag, item.config if isinstance(item, Variant) else item
+        if tag not in carried:
+            continue
+        old, new = variants[tag].get("config", {}), json.loads(json.dumps(cfg.to_dict()))
+        diff = [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)]
+        if diff:
+            stale[tag] = "arguments differ: " + "; ".join(diff)
+    return carried, stale
 
 
 def lowrank_share(plan: Any) -> float:
@@ -317,11 +388,32 @@ def _set_name(source: str) -> str:
     return source if source in ("builtin", "real") else (Path(source).name or "clips")
 
 
+def check_output_paths(json_file: str | None = None, folder: str | None = None) -> None:
+    """Refuse, before any work, output paths that cannot be written: a ``--json`` that is a folder
+    or lies under a file, an ``--out`` that is a file or lies under one."""
+    for p, kind in ((json_file, "--json"), (folder, "--out")):
+        if p is None:
+            continue
+        path = Path(p)
+        if kind == "--json" and path.is_dir():
+            raise user_error(f"{kind} {p} is a folder", "give a file path for the JSON results")
+        if kind == "--out" and path.exists() and not path.is_dir():
+            raise user_error(f"{kind} {p} is a file", "give a folder path (it is created if needed)")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise user_error(f"{kind} {p} lies under {parent}, which is a file", "choose another path")
+                if not os.access(parent, os.W_OK):
+                    raise user_error(f"{kind} {p}: {parent} is not writable", "choose a writable path")
+                break
+
+
 def run_eval_cli(args: argparse.Namespace) -> int:
     if args.frames < 2:
         raise user_error(f"--frames {args.frames} is too small", "use at least 2 frames")
     if args.time_budget is not None and args.time_budget <= 0:
         raise user_error(f"--time-budget {args.time_budget} must be positive", "give seconds, e.g. --time-budget 60")
+    check_output_paths(json_file=args.json, folder=getattr(args, "out", None) if getattr(args, "compare", False) else None)
     configs = parse_variants(args.recipes, args.bits, _parse_options(args.option), getattr(args, "attention_bits", None))
     if args.time_budget is not None:
         configs = [dataclasses.replace(c, time_budget_s=args.time_budget) for c in configs]
@@ -338,7 +430,15 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         for name in sets:
             f = outdir(name) / "results.json"
             if f.exists():
-                prior[name] = json.loads(f.read_text())
+                try:
+                    prior[name] = json.loads(f.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise user_error(f"--resume: {f} is not valid JSON ({e})",
+                                     "fix or remove it, or write to a new --out") from None
+    set_args = {name: {"source": src, "frames": args.frames, "max_lq": args.max_lq,
+                       "clips": [c.name for c in sets[name]]} for name, src in zip(sets, sources)}
+    for name in prior:
+        resume_rows(prior[name], set_args[name], configs)  # refuse before any work
     runner = VSRRunner(frames=args.frames, progress=not args.no_progress)
 
     def checkpoint(partial: dict[str, dict[str, Any]]) -> None:
@@ -347,7 +447,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
                 outdir(name).mkdir(parents=True, exist_ok=True)
                 atomic_write_text(outdir(name) / "results.json", json.dumps(res, indent=1))
 
-    all_res = evaluate_sets(runner, sets, configs, prior=prior, on_variant=checkpoint)
+    all_res = evaluate_sets(runner, sets, configs, prior=prior, on_variant=checkpoint, set_args=set_args)
     for (name, res), src in zip(all_res.items(), sources):
         print(f"{res['clips']} clips from {src} ({res['tiling']})")
         print(format_table(res))

@@ -194,8 +194,46 @@ def test_save_killed_at_random_points_leaves_old_or_new(w4, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(rows) == 6 and all(r["version"] in versions and r["notes"] == "keep me" for r in rows)
-    save_quantized(qm, dest)
+    save_quantized(qm, dest, model=m)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "dest"]
     assert sorted(os.listdir(dest)) == sorted([MANIFEST, WEIGHTS, "notes.txt"])
     with torch.no_grad():
         assert torch.equal(load_quantized(dest, m, inp)(**inp), y)
+
+
+def test_edited_plan_in_artifact_is_refused(w4, tmp_path):
+    """Issue 15: the plan inside an artifact was not covered by the checksums nor validated."""
+    import shutil
+
+    m, inp, qm, y, d = w4
+    for edit, match in ((lambda p: p["layers"]["blocks.0.attn1.to_q"].update(weight_bits=8), "plan_sha256"),
+                        (lambda p: p["layers"]["blocks.0.attn1.to_q"].update(weight_bits=0), "plan_sha256")):
+        c = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(d, c)
+        man = json.loads((c / MANIFEST).read_text())
+        edit(man["plan"])
+        (c / MANIFEST).write_text(json.dumps(man))
+        with pytest.raises(ArtifactError, match=match):
+            load_quantized(c, m, inp)
+    # an invalid plan with a matching checksum (hand-made) is refused by the plan check, naming the field
+    from lsgq_compiler.backends.artifacts import _plan_sha256
+
+    c = tmp_path / "forged"
+    shutil.copytree(d, c)
+    man = json.loads((c / MANIFEST).read_text())
+    man["plan"]["layers"]["blocks.0.attn1.to_q"]["act_bits"] = 4.5
+    man["plan_sha256"] = _plan_sha256(man)
+    (c / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match="act_bits=4.5"):
+        load_quantized(c, m, inp)
+
+
+def test_artifact_without_model_needs_explicit_opt_out(w4, tmp_path):
+    """Issue 15: an artifact saved without model= loaded into another base model without complaint."""
+    m, inp, qm, y, d = w4
+    art = save_quantized(qm, tmp_path / "nomodel")
+    assert json.loads((art / MANIFEST).read_text())["saved_with_model"] is False
+    with pytest.raises(ArtifactError, match="(?s)saved without model=.*check_model=False"):
+        load_quantized(art, tiny_wan(seed=5), inp)
+    with torch.no_grad():
+        assert torch.equal(load_quantized(art, m, inp, check_model=False)(**inp), y)

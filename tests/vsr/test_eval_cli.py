@@ -106,3 +106,111 @@ def test_attention_bits_in_variant_names():
     assert [c.tag for c in cfgs] == ["minmax-w4a4-attn8", "minmax-w8a8-attn8"]
     assert all(c.attention_bits == 8 for c in cfgs)
     assert [c.tag for c in parse_variants("minmax", "w8a8")] == ["minmax-w8a8"]
+
+
+def test_resume_rows_keeps_finished_rows_and_flags_changed_arguments():
+    """Issue 15: --resume with fewer recipes erased rows; other --frames/--time-budget/--option reused stale ones."""
+    from lsgq_compiler import QuantConfig
+    from lsgq_compiler.vsr.evaluate import resume_rows
+
+    a, b = QuantConfig(recipe="minmax", weight_bits=8, act_bits=8), QuantConfig(recipe="lsgquant", weight_bits=4,
+                                                                               act_bits=4)
+    args = {"source": "builtin", "frames": 3, "max_lq": None, "clips": ["c1", "c2"]}
+    prior = {"args": args, "results": {"bicubic": {}, "fp": {}, a.tag: {}, b.tag: {}},
+             "per_clip": {c: {"bicubic": {}, "fp": {}, a.tag: {}, b.tag: {}} for c in ("c1", "c2")},
+             "variants": {t: {"config": json.loads(json.dumps(cfg.to_dict()))} for t, cfg in ((a.tag, a), (b.tag, b))}}
+    assert resume_rows(prior, args, [a]) == ([a.tag, b.tag], {})  # the lsgquant row is kept though not asked for
+    import dataclasses
+
+    carried, stale = resume_rows(prior, args, [dataclasses.replace(a, time_budget_s=5.0)])
+    assert carried == [a.tag, b.tag] and "time_budget_s: None then, 5.0 now" in stale[a.tag]
+    carried, stale = resume_rows(prior, args, [dataclasses.replace(a, options={"calib_batches": 2})])
+    assert "options" in stale[a.tag]
+    with pytest.raises(ValueError, match="frames: 3 then, 4 now"):
+        resume_rows(prior, {**args, "frames": 4}, [a])
+    with pytest.raises(ValueError, match="clips"):
+        resume_rows(prior, {**args, "clips": ["c1"]}, [a])
+    legacy = {k: v for k, v in prior.items() if k != "args"} | {"frames": 8}  # results.json without "args"
+    with pytest.raises(ValueError, match="frames: 8 then, 3 now"):
+        resume_rows(legacy, args, [a])
+
+
+class _FakeRunner:
+    """Stands in for VSRRunner (no model): the CLI's bookkeeping runs in well under a second."""
+    runs: list = []
+
+    def __init__(self, frames=8, tile=32, progress=False):
+        self.frames, self.tile, self.progress = frames, tile, progress
+
+    def quantize(self, cfg):
+        from types import SimpleNamespace
+
+        from lsgq_compiler.plan import Plan
+        from lsgq_compiler.vsr.evaluate import Variant
+
+        _FakeRunner.runs.append(cfg.tag)
+        return Variant(cfg.tag, cfg, SimpleNamespace(plan=Plan()), 0.5, {})
+
+    def upscale(self, lq, transformer=None):
+        from lsgq_compiler.vsr.tiling import run_tiled
+
+        return run_tiled(lambda t: np.repeat(np.repeat(t, 4, axis=1), 4, axis=2), lq, self.frames, self.tile)
+
+
+def test_compare_resume_with_fewer_recipes_and_other_options(tmp_path, capsys, monkeypatch):
+    """Issue 15: an interrupted compare resumed with other arguments (the real CLI, a stand-in model)."""
+    monkeypatch.setattr("lsgq_compiler.vsr.evaluate.VSRRunner", _FakeRunner)
+    write_frames(tmp_path / "set" / "clip", _clip(1, 2, 64, 64))
+    out = tmp_path / "cmp"
+    base = ["compare", "--clips", str(tmp_path / "set"), "--frames", "2", "--out", str(out), "--no-progress"]
+    assert main(base + ["--recipes", "minmax", "--bits", "w8a8,w6a6"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["args"]["frames"] == 2 and first["variants"]["minmax-w6a6"]["config"]["weight_bits"] == 6
+    assert main(base + ["--recipes", "minmax", "--bits", "w8a8", "--resume"]) == 0  # fewer variants: all kept
+    second = json.loads((out / "results.json").read_text())
+    assert set(second["results"]) == {"bicubic", "fp", "minmax-w8a8", "minmax-w6a6"}
+    assert second["results"]["minmax-w6a6"] == first["results"]["minmax-w6a6"]
+    assert _FakeRunner.runs == ["minmax-w8a8", "minmax-w6a6"]  # the resumed run quantized nothing
+    capsys.readouterr()
+    assert main(base + ["--recipes", "minmax", "--bits", "w8a8", "--resume", "--time-budget", "30"]) == 0
+    assert "recomputing minmax-w8a8" in capsys.readouterr().err
+    third = json.loads((out / "results.json").read_text())
+    assert third["variants"]["minmax-w8a8"]["config"]["time_budget_s"] == 30.0
+    assert set(third["results"]) == {"bicubic", "fp", "minmax-w8a8", "minmax-w6a6"}
+    assert main(["compare", "--clips", str(tmp_path / "set"), "--frames", "3", "--out", str(out), "--no-progress",
+                 "--recipes", "minmax", "--bits", "w8a8", "--resume"]) == 2  # a 2-frame clip at --frames 3: runs
+    assert "frames: 2 then, 3 now" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == third  # the refused run changed nothing
+
+
+def test_eval_runs_clips_shorter_than_frames(tmp_path, monkeypatch, recwarn):
+    """Issue 15: `lsgq eval` skipped 2-7-frame clips although >= 2 frames are promised."""
+    monkeypatch.setattr("lsgq_compiler.vsr.evaluate.VSRRunner", _FakeRunner)
+    for t in (2, 3, 7):
+        write_frames(tmp_path / "clips" / f"c{t}", _clip(t, t, 64, 64))
+    out = tmp_path / "r.json"
+    assert main(["eval", "--clips", str(tmp_path / "clips"), "--bits", "w8a8", "--frames", "8", "--json", str(out),
+                 "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    assert res["clips"] == 3 and not [w for w in recwarn if "skipping" in str(w.message)]
+    assert res["results"]["bicubic"]["psnr"] > 10
+
+
+def test_cli_checks_output_paths_first_and_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 15: --json/--out under a file crashed after the whole evaluation; Ctrl-C printed a traceback."""
+    ran = []
+    monkeypatch.setattr("lsgq_compiler.vsr.evaluate.VSRRunner", lambda *a, **k: ran.append(1))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["eval", "--json", str(blocker / "r.json"), "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err and not ran  # refused before any work
+    assert main(["compare", "--out", str(blocker), "--no-progress"]) == 2
+    assert "--out" in capsys.readouterr().err and not ran
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lsgq_compiler.vsr.evaluate.VSRRunner", interrupted)
+    assert main(["eval", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
