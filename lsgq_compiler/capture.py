@@ -239,7 +239,8 @@ def linear_nodes(gm: nn.Module) -> list[fx.Node]:
 def _user_frame(err: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(err.__traceback__)
               if "site-packages/torch/" not in f.filename and "lsgq_compiler" not in f.filename]
-    return f"{frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else ""
+    return f"{_short_path(frames[-1].filename)}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" \
+        if frames else ""
 
 
 def _explain_export_failure(model: nn.Module, err: BaseException) -> CaptureError:
@@ -298,8 +299,13 @@ def _model_line() -> str:
     for f in reversed(traceback.extract_stack()):
         if "site-packages/torch/" not in f.filename and "lsgq_compiler" not in f.filename \
                 and "/torch/overrides" not in f.filename:
-            return f"{f.filename}:{f.lineno} ({(f.line or '').strip()})"
+            return f"{_short_path(f.filename)}:{f.lineno} ({(f.line or '').strip()})"
     return "?"
+
+
+def _short_path(path: str) -> str:
+    """``.../site-packages/diffusers/x.py`` -> ``diffusers/x.py`` (other paths unchanged)."""
+    return path.split("site-packages/", 1)[-1]
 
 
 class _RecordValueReads(TorchFunctionMode):

@@ -21,6 +21,18 @@ DEFAULT_KEEP_FP: tuple[str, ...] = (
 SUPPORTED_BITS = range(2, 9)
 
 
+#: every key a recipe or pass reads from ``QuantConfig.options`` (tests/test_config.py checks that
+#: the sources read no other): a misspelled option is an error, not silently ignored
+KNOWN_OPTIONS: frozenset[str] = frozenset({
+    "act", "alpha", "attention_calib_batches", "attention_min_kv", "attention_min_sqnr_db", "block",
+    "block_fraction", "bound_iters", "draq", "draq_static", "e2e_iters", "full_iters", "grid", "group_size",
+    "image_iters", "lba_iters", "let_iters", "light_iters", "lowrank_iters", "lowrank_share", "lr",
+    "metric_batches", "mixed_precision", "module_iters", "observe_grads", "observe_tokens", "probes", "qao_iters",
+    "rank", "rank_step", "rotate", "sensitivity", "skew_threshold", "target_draq_alpha", "train_iters",
+    "train_mode", "train_tokens", "uniform_bits", "volts",
+})
+
+
 @dataclass
 class QuantConfig:
     """What to quantize and how.
@@ -91,8 +103,10 @@ class QuantConfig:
         if bad or not self.allowed_bits:
             raise user_error(f"allowed_bits {self.allowed_bits} must be non-empty and within 2..8",
                              "e.g. allowed_bits=(4, 6, 8)")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise user_error(f"time_budget_s={self.time_budget_s} must be positive", "or None for no limit")
+        if self.time_budget_s is not None and (isinstance(self.time_budget_s, bool) or not isinstance(
+                self.time_budget_s, (int, float)) or not self.time_budget_s > 0):  # NaN fails "> 0" too
+            raise user_error(f"time_budget_s={self.time_budget_s!r} must be a positive number of seconds",
+                             "or None for no limit")
         if self.capture not in ("graph", "module", "auto"):
             raise user_error(f"capture={self.capture!r} is not a capture form",
                              "use 'graph' (torch.export), 'module' (the eager model, no graph) or 'auto' "
@@ -105,6 +119,16 @@ class QuantConfig:
         if self.attention_bits not in (None, 8):
             raise user_error(f"attention_bits={self.attention_bits} is not supported",
                              "use 8 (INT8 Q.K^T with 16-bit P.V) or None (full-precision attention)")
+        if not isinstance(self.options, dict):
+            raise user_error(f"options must be a dict, got {type(self.options).__name__}",
+                             "e.g. options={'lowrank_share': 0.02}", TypeError)
+        unknown = sorted(k for k in self.options if k not in KNOWN_OPTIONS)
+        if unknown:
+            import difflib
+
+            hints = {k: difflib.get_close_matches(str(k), sorted(KNOWN_OPTIONS), n=1) for k in unknown}
+            said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+            raise user_error(f"unknown option(s) {said}", f"known options: {', '.join(sorted(KNOWN_OPTIONS))}")
         try:
             json.dumps(self.options)
         except TypeError as e:

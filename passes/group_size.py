@@ -57,6 +57,9 @@ class GroupSize(PassBase):
                 continue
             g = group_size_for(s.in_features, self.group_size)
             s.group_size = g
+            if g != self.group_size:  # per-layer fallback, recorded in the plan
+                s.extra["group_fallback"] = (f"group {g}: largest divisor of in_features={s.in_features} "
+                                             f"<= the requested {self.group_size}")
             if s.weight_bits:
                 s.weight_granularity = "group"
                 m.wq = WeightQuant(s.weight_bits, "group", s.weight_symmetric, g)

@@ -29,7 +29,7 @@ __all__ = ["PassBase", "PassResult", "PassContext", "run_passes", "specs", "quan
 #: passes that rewrite graph nodes; a module-form capture skips them (and says so in the plan)
 GRAPH_ONLY_PASSES: dict[str, str] = {
     "QuantizeAttention": "8-bit attention replaces SDPA graph nodes; module form keeps the model's own attention",
-    "Interleave": "rewrites strided writes in the graph; nothing to rewrite without one",
+    "InterleaveToStack": "rewrites strided writes in the graph; nothing to rewrite without one",
 }
 
 

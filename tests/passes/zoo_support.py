@@ -13,9 +13,9 @@ def capture_once():
     once per module and every compile gets a fresh deep copy of the captured graph."""
     cache = {}
 
-    def cached(model, inputs, copy_model=True):
+    def cached(model, inputs, copy_model=True, form="graph"):
         if id(model) not in cache:
-            cache[id(model)] = (model, capture(model, inputs, copy_model))
+            cache[id(model)] = (model, capture(model, inputs, copy_model, form=form))
         return copy.deepcopy(cache[id(model)][1])
 
     with pytest.MonkeyPatch.context() as mp:
