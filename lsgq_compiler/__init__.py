@@ -13,6 +13,10 @@ from . import recipes  # noqa: F401  (LSGQuant and the baseline register first)
 from . import recipe_zoo  # noqa: F401  (then the peer methods)
 from .registry import RECIPES
 
+from .deploy.diffusers_quantizer import install as _install_diffusers_quantizer
+
+_install_diffusers_quantizer()  # `lsgq` quantizer for diffusers' from_pretrained (registered lazily)
+
 __version__ = "0.1.0"
 __all__ = ["compile_quantized", "QuantizedModel", "QuantConfig", "Plan", "LayerSpec", "capture",
            "CaptureError", "RECIPES", "__version__", "export_onnx", "save_quantized", "load_quantized",
@@ -24,6 +28,18 @@ def export_onnx(qm, path, *args, **kwargs):
     """See :func:`lsgq_compiler.backends.onnx.export_onnx`."""
     from .backends.onnx import export_onnx as export
     return export(qm, path, *args, **kwargs)
+
+
+def save_pretrained(obj, directory, *args, **kwargs):
+    """See :func:`lsgq_compiler.deploy.checkpoint.save_pretrained`."""
+    from .deploy.checkpoint import save_pretrained as save
+    return save(obj, directory, *args, **kwargs)
+
+
+def from_pretrained(directory, *args, **kwargs):
+    """See :func:`lsgq_compiler.deploy.checkpoint.from_pretrained`."""
+    from .deploy.checkpoint import from_pretrained as load
+    return load(directory, *args, **kwargs)
 
 
 def save_quantized(qm, directory, *args, **kwargs):

@@ -8,8 +8,8 @@ from typing import Any, Iterable
 import torch
 from torch import fx, nn
 
-from .calibration import prepare_calibration
-from .capture import Inputs, capture
+from .calibration import check_model, check_tensors, prepare_calibration
+from .capture import Inputs, capture, normalize_inputs, tensor_leaves
 from .config import QuantConfig
 from .errors import user_error
 from .plan import Plan
@@ -40,7 +40,17 @@ class QuantizedModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         kwargs.pop("return_dict", None)
-        out = self.gm(*args, **kwargs)
+        try:
+            out = self.gm(*args, **kwargs)
+        except AssertionError as e:  # torch.export's shape guards: "Guard failed: x.size()[3] == 8"
+            captured = self.info.get("input_shapes", {})
+            given = {k: tuple(t.shape) for k, t in tensor_leaves(tuple(args), dict(kwargs))}
+            if "guard" not in str(e).lower() and given == captured:
+                raise
+            raise user_error(f"this QuantizedModel was captured at input shapes {captured} and was called at "
+                             f"{given}; a compiled model runs only at the shapes it was captured at",
+                             "re-apply the plan at the new shape: compile_quantized(model, new_inputs, "
+                             "qm.config, plan=qm.plan, quant_state=qm.quant_state_dict())") from None
         structure = getattr(self, "output_structure", None)  # several outputs: the model's own structure
         return structure.restore(out) if structure is not None else out
 
@@ -116,6 +126,10 @@ def compile_quantized(
         raise user_error(f"plan must be a Plan, got {type(plan).__name__}", "load one with Plan.load(path)", TypeError)
     if plan is not None:
         plan = Plan.from_dict(plan.to_dict())  # passes write into specs: never into the caller's plan
+    if isinstance(model, nn.Module):
+        check_model(model)
+    ex_args, ex_kwargs = normalize_inputs(example_inputs)
+    check_tensors(ex_args, ex_kwargs, "example_inputs")  # NaN/Inf here would poison calibration too
     t0 = time.perf_counter()
     captured = capture(model, example_inputs, copy_model=True, form=config.capture)
     capture_s = time.perf_counter() - t0

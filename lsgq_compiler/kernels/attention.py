@@ -88,9 +88,9 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
                 cfg["pv"] = "fp16"  # P.V in V's own 16-bit type: V is read in place, never copied
                 cfg["fixed_max"] = False  # fp16 P cannot hold the fixed-offset range
             return triton_int8_attention(q, k, v, scale, smooth_k, **cfg)
-    return int8_attention_reference(q, k, v, scale, smooth_k=smooth_k)
+    return int8_attention_reference(q, k, v, scale, smooth_k=smooth_k).contiguous()  # the fake's layout
 
 
 @int8_attention.register_fake
 def _(q, k, v, scale, smooth_k=True):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)  # contiguous, as both implementations return (q may be a permuted view)

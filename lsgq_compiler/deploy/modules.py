@@ -1,0 +1,381 @@
+"""Deploy modules: a quantized linear holding plain tensors in a kernel's layout, and the 8-bit
+attention processor. Neither subclasses ``nn.Linear`` (diffusers' layerwise casting would cast
+their buffers), neither needs a graph capture: they run at any input shape and under
+``torch.compile``.
+
+:class:`DeployLinear` computes, for ``x: (..., K) -> (..., N)``, in the order
+:class:`~lsgq_compiler.qlinear.QuantLinear` does (so the CPU reference is bit-exact with the
+fake-quant model)::
+
+    x_s = x / smooth                                  # optional
+    y   = kernel(rotate(x_s)) + bias + (x_s L_down^T) L_up^T
+
+``kernel`` by ``kind`` (:mod:`.targets`): ``int4_fp8``, ``int4_weight``, ``fp8_row``,
+``int8_row`` (real kernels through :mod:`lsgq_compiler.kernels.deploy_ops` on CUDA; on the CPU
+``int8_row`` runs ``torch._int_mm`` and the others a float reference of the same numbers) or
+``sim`` (the plan's own quantizers: integer weight codes dequantized, activation quantizer
+simulated).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from lsgq_compiler.hadamard import rotate
+from lsgq_compiler.quantizers import ActQuant
+
+from . import numerics as nx
+from .targets import KINDS
+
+GROUP = nx.GROUP
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` uint8 values < 16 -> ``(N, ceil(K / 2))`` uint8, low nibble first."""
+    if q.shape[-1] % 2:
+        q = F.pad(q, (0, 1))
+    return q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def unpack_nibbles(p: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_nibbles` for a last dim of ``k``."""
+    return torch.stack((p & 0xF, p >> 4), dim=-1).reshape(*p.shape[:-1], -1)[..., :k]
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+class DeployLinear(nn.Module):
+    """One planned linear in deploy form. Built empty from its layer config (``layer_config()``
+    of a saved one) and filled by ``load_state_dict(..., assign=True)``, or filled from a
+    compiled layer by :meth:`from_quant_linear`.
+
+    Layer config keys: ``kind``, ``in_features``, ``out_features``, ``bias`` (bool), ``rank``,
+    ``rot_block``, ``smooth`` (bool), ``dtype`` (float dtype of bias/smooth), and for ``kind == "sim"``
+    ``weight`` (``bits``, ``granularity``, ``group_size``, ``symmetric``, ``stored``: ``codes`` or
+    ``dequantized``) and ``act`` (None or ``bits``, ``mode``, ``granularity``, ``symmetric``,
+    ``group_size``, ``static`` buffers present).
+    """
+
+    def __init__(self, cfg: dict[str, Any], device: Any = "meta") -> None:
+        super().__init__()
+        self.cfg = dict(cfg)
+        kind, n, k = cfg["kind"], cfg["out_features"], cfg["in_features"]
+        dt = getattr(torch, cfg.get("dtype", "float32"))
+        self.kind, self.in_features, self.out_features = kind, k, n
+        self.rot_block = int(cfg.get("rot_block", 0))
+        reg = self.register_buffer
+        reg("bias", _empty((n,), dt, device) if cfg.get("bias") else None)
+        reg("smooth", _empty((k,), dt, device) if cfg.get("smooth") else None)
+        reg("rot_signs", _empty((k,), dt, device) if self.rot_block else None)
+        r = int(cfg.get("rank", 0))
+        reg("lr_down", _empty((r, k), torch.bfloat16, device) if r else None)
+        reg("lr_up", _empty((n, r), torch.bfloat16, device) if r else None)
+        self.aq: nn.Module | None = None
+        if kind in ("int4_fp8", "int4_weight"):
+            reg("qweight", _empty((n, k // 2), torch.uint8, device))
+            reg("scales", _empty((n, k // GROUP), torch.bfloat16, device))
+        elif kind == "fp8_row":
+            reg("w_fp8", _empty((n, k), torch.float8_e4m3fn, device))
+            reg("w_scale", _empty((n,), torch.float32, device))
+        elif kind == "int8_row":
+            reg("w_int8", _empty((n, k), torch.int8, device))
+            reg("w_scale", _empty((n,), torch.float32, device))
+        elif kind == "sim":
+            w = cfg["weight"]
+            if w["stored"] == "codes":
+                g = 1 if w["granularity"] == "row" else k // w["group_size"]
+                kk = (k + 1) // 2 if w["bits"] <= 4 else k
+                reg("w_codes", _empty((n, kk), torch.uint8, device))
+                reg("w_scale", _empty((n, g), torch.float32, device))
+                reg("w_zero", _empty((n, g), torch.int16, device))
+            else:
+                reg("w_dq", _empty((n, k), dt, device))
+            a = cfg.get("act")
+            if a is not None:
+                self.aq = _make_act_quant(a, k, device)
+        else:
+            raise ValueError(f"unknown deploy kind {kind!r}")
+        self._packed: dict[str, torch.Tensor] | None = None  # kernel layout on CUDA (not saved)
+        self._dtypes = {n: b.dtype for n, b in self._buffers.items()
+                        if b is not None and n not in ("bias", "smooth", "rot_signs")}
+
+    def restore_dtypes(self) -> None:
+        """Cast the stored tensors back to their storage dtypes (exact: the values are on those grids),
+        after a loader (diffusers) cast floating tensors to another dtype."""
+        for n, dt in self._dtypes.items():
+            b = getattr(self, n)
+            if b is not None and b.dtype != dt:
+                setattr(self, n, b.to(dt))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_quant_linear(cls, m: nn.Module, kind: str) -> "DeployLinear":
+        """Deploy form of a compiled :class:`~lsgq_compiler.qlinear.QuantLinear` ``m``."""
+        from lsgq_compiler.quantizers import WeightQuant
+
+        s = m.spec
+        w = m.weight.detach()
+        cfg: dict[str, Any] = {"kind": kind, "in_features": m.in_features, "out_features": m.out_features,
+                               "bias": m.bias is not None, "rank": 0 if m.lr_down is None else int(m.lr_down.shape[0]),
+                               "rot_block": int(m.rot_block), "smooth": m.smooth is not None,
+                               "dtype": str(w.dtype).replace("torch.", "")}
+        if kind == "sim":
+            if isinstance(m.wq, WeightQuant) and type(m.wq) is WeightQuant:
+                cfg["weight"] = {"bits": s.weight_bits, "granularity": m.wq.granularity, "group_size": m.wq.group_size,
+                                 "symmetric": m.wq.symmetric, "stored": "codes"}
+            elif m.wq is None and s.weight_bits is None:
+                cfg["weight"] = {"bits": None, "stored": "dequantized"}
+            else:
+                cfg["weight"] = {"bits": s.weight_bits, "stored": "dequantized", "quantizer": type(m.wq).__name__}
+            cfg["act"] = _act_config(m)
+        out = cls(cfg, device=w.device)
+        with torch.no_grad():
+            if m.bias is not None:
+                out.bias = m.bias.detach().clone()
+            if m.smooth is not None:
+                out.smooth = m.smooth.detach().clone()
+            if m.rot_block:
+                out.rot_signs = m.rot_signs.detach().clone()
+            if m.lr_down is not None:
+                out.lr_down = m.lr_down.detach().to(torch.bfloat16)
+                out.lr_up = m.lr_up.detach().to(torch.bfloat16)
+            if kind in ("int4_fp8", "int4_weight"):
+                codes, scales = nx.quantize_weight_int4_g128(w)
+                out.qweight = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8))
+                out.scales = scales
+            elif kind == "fp8_row":
+                out.w_fp8, out.w_scale = nx.quantize_weight_fp8_row(w)
+            elif kind == "int8_row":
+                out.w_int8, out.w_scale = nx.quantize_weight_int8_row(w)
+            elif cfg["weight"]["stored"] == "codes":
+                from lsgq_compiler.quant import quantize_to_int
+
+                c = cfg["weight"]
+                q, scale, zero = quantize_to_int(w.float(), c["bits"], c["symmetric"], c["granularity"], c["group_size"])
+                off = 2 ** (c["bits"] - 1) if c["symmetric"] else 0
+                codes = (q.to(torch.int16) + off).to(torch.uint8).reshape(w.shape)
+                out.w_codes = pack_nibbles(codes) if c["bits"] <= 4 else codes
+                out.w_scale = scale.float().reshape(w.shape[0], -1)
+                out.w_zero = (zero + off).to(torch.int16).reshape(w.shape[0], -1)
+            else:
+                out.w_dq = (m.wq(w) if m.wq is not None else w).detach().clone()
+            if out.aq is not None:
+                for name, buf in m.aq.named_buffers():
+                    if buf is not None:
+                        setattr(out.aq, name, buf.detach().clone())
+        return out
+
+    def layer_config(self) -> dict[str, Any]:
+        return dict(self.cfg)
+
+    # ------------------------------------------------------------------ weights
+    def _codes_int4(self) -> torch.Tensor:
+        return unpack_nibbles(self.qweight, self.in_features).to(torch.int16).sub(8).to(torch.int8)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 ``(N, K)`` weight the kernel multiplies."""
+        k = self.kind
+        if k in ("int4_fp8", "int4_weight"):
+            return nx.dequantize_int4_g128(self._codes_int4(), self.scales, kernel="fp8" if k == "int4_fp8" else "bf16")
+        if k == "fp8_row":
+            return self.w_fp8.float() * self.w_scale[:, None]
+        if k == "int8_row":
+            return self.w_int8.float() * self.w_scale[:, None]
+        c = self.cfg["weight"]
+        if c["stored"] != "codes":
+            return self.w_dq.float()
+        n, kk = self.out_features, self.in_features
+        codes = unpack_nibbles(self.w_codes, kk) if c["bits"] <= 4 else self.w_codes
+        g = self.w_scale.shape[1]
+        q = codes.reshape(n, g, kk // g).float()
+        return ((q - self.w_zero.float()[..., None]) * self.w_scale[..., None]).reshape(n, kk)
+
+    def prepare(self) -> None:
+        """Build the kernel layout on this module's device (CUDA); a no-op on the CPU."""
+        if self.kind not in ("int4_fp8", "int4_weight") or self.scales.device.type != "cuda":
+            return
+        from lsgq_compiler.kernels import deploy_ops as ops
+
+        codes = self._codes_int4()
+        if self.kind == "int4_fp8":
+            self._packed = ops.to_kernel_layout(ops.pack_int4_for_cuda(codes, self.scales), self.scales.device)
+        else:
+            self._packed = {"qweight": ops.pack_int4(codes), "scales": self.scales}
+
+    # ------------------------------------------------------------------ forward
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
+        kind = self.kind
+        if x.is_cuda and kind in KINDS:
+            return _cuda_gemm(self, x)
+        if kind == "int8_row":
+            lead = x.shape[:-1]
+            q, s = nx.quantize_act_int8_token(x.reshape(-1, self.in_features))
+            if q.shape[0] > 16:
+                acc = torch._int_mm(q, self.w_int8.t())
+            else:  # torch._int_mm needs more than 16 rows: same integer products in float64 (exact)
+                acc = (q.double() @ self.w_int8.double().t())
+            y = acc.float() * s * self.w_scale[None, :]
+            if self.bias is not None:
+                y = y + self.bias.float()
+            return y.to(x.dtype).reshape(*lead, self.out_features)
+        if kind in ("int4_fp8", "fp8_row"):
+            xq = nx.quantize_act_fp8_row(x).to(x.dtype)
+        elif kind == "int4_weight":
+            xq = x
+        else:
+            xq = self.aq(x) if self.aq is not None else x
+        return F.linear(xq, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(..., K)`` -> ``(..., N)``."""
+        if self.smooth is not None:
+            x = x / self.smooth.to(x.dtype)
+        y_lr = None
+        if self.lr_down is not None:
+            y_lr = F.linear(F.linear(x, self.lr_down.to(x.dtype)), self.lr_up.to(x.dtype))
+        if self.rot_block:
+            x = rotate(x, self.rot_signs, self.rot_block)
+        y = self._gemm(x)
+        return y if y_lr is None else y + y_lr
+
+    def kernel_info(self, device: str = "cpu") -> dict[str, Any]:
+        """``backend``, ``kernel``, ``real_kernel`` on ``device`` (what ``report()`` rows carry)."""
+        if self.kind == "sim":
+            return {"backend": "lsgq deploy (sim)", "kernel": "dequantize + aten.linear (simulated)", "real_kernel": False}
+        op = KINDS[self.kind]["op"]
+        if device == "cuda":
+            return {"backend": "lsgq deploy", "kernel": op, "real_kernel": True}
+        if self.kind == "int8_row":
+            return {"backend": "lsgq deploy", "kernel": "torch._int_mm (CPU)", "real_kernel": True}
+        return {"backend": "lsgq deploy", "kernel": f"{op} CPU reference (float)", "real_kernel": False}
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, in={self.in_features}, out={self.out_features}, rank={self.cfg.get('rank', 0)}, " \
+               f"hadamard={self.rot_block}, smooth={bool(self.cfg.get('smooth'))}"
+
+
+def _act_config(m: nn.Module) -> dict[str, Any] | None:
+    from lsgq_compiler.errors import user_error
+
+    aq = m.aq
+    if aq is None:
+        return None
+    name = type(aq).__name__
+    if name == "GroupActQuant":
+        return {"cls": name, "bits": aq.bits, "mode": aq.mode, "granularity": "group", "symmetric": aq.symmetric,
+                "group_size": aq.group_size}
+    if type(aq) is ActQuant:
+        return {"cls": "ActQuant", "bits": aq.bits, "mode": aq.mode, "granularity": aq.granularity,
+                "symmetric": aq.symmetric, "buffers": sorted(k for k, v in aq.named_buffers() if v is not None)}
+    if isinstance(aq, nx.TargetActQuant):
+        return {"cls": "TargetActQuant", "kind": aq.kind}
+    raise user_error(f"{m.spec.module_path}: its activation quantizer {name} has no deploy form",
+                     "deploy recipes whose activation quantizers are min/max, static, DRAQ or a target's "
+                     "(minmax, lsgquant, smoothquant, quarot, svdquant, viditq)")
+
+
+def _make_act_quant(a: dict[str, Any], k: int, device: Any) -> nn.Module:
+    if a["cls"] == "TargetActQuant":
+        return nx.TargetActQuant(a["kind"])
+    if a["cls"] == "GroupActQuant":
+        from lsgq_compiler.passes.group_size import GroupActQuant
+
+        return GroupActQuant(a["bits"], a["group_size"], a["symmetric"])
+    aq = ActQuant(a["bits"], a["mode"], a["granularity"], a["symmetric"])
+    for name in a.get("buffers", []):
+        shape = (k,) if name == "channel_scale" else ()
+        setattr(aq, name, _empty(shape, torch.float32, device))
+    return aq
+
+
+def _cuda_gemm(mod: DeployLinear, x: torch.Tensor) -> torch.Tensor:
+    """The real kernel on CUDA (:mod:`lsgq_compiler.kernels.deploy_ops`), computing in bf16."""
+    from lsgq_compiler.errors import user_error
+
+    try:
+        from lsgq_compiler.kernels import deploy_ops as ops
+    except ImportError as e:
+        raise user_error(f"the deploy kernels cannot be loaded ({e})",
+                         "pip install 'lsgq-compiler[cuda]' (installs mslk-cuda)", ImportError) from None
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, mod.in_features).to(torch.bfloat16)
+    bias = None if mod.bias is None else mod.bias.to(torch.bfloat16)
+    if mod.kind in ("int4_fp8", "int4_weight"):
+        if mod._packed is None:
+            mod.prepare()
+        if mod.kind == "int4_fp8":
+            y = ops.int4_fp8_linear(x2, mod._packed, bias)
+        else:
+            y = ops.int4_weight_linear(x2, mod._packed["qweight"], mod._packed["scales"], bias)
+    elif mod.kind == "fp8_row":
+        y = ops.fp8_linear(x2, mod.w_fp8, mod.w_scale, bias)
+    else:
+        y = ops.int8_linear(x2, mod.w_int8, mod.w_scale, bias)
+    return y.to(x.dtype).reshape(*lead, mod.out_features)
+
+
+# ---------------------------------------------------------------------- attention
+SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+class _Int8SDPA(TorchFunctionMode):
+    """Inside a processor call: each ``F.scaled_dot_product_attention`` without mask, dropout,
+    causal flag or GQA, over at least ``min_kv`` keys, runs ``lsgq::int8_attention`` (the same
+    rule and op as the compiler's attention pass, so outputs match the compiled model)."""
+
+    def __init__(self, min_kv: int) -> None:
+        super().__init__()
+        self.min_kv = min_kv
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is SDPA:
+            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+            a = dict(zip(names, args)) | kwargs
+            q, k, v = a["query"], a["key"], a["value"]
+            mask, dropout, causal = a.get("attn_mask"), a.get("dropout_p", 0.0), a.get("is_causal", False)
+            if mask is None and not dropout and not causal and not a.get("enable_gqa", False) \
+                    and k.shape[-2] >= self.min_kv:
+                scale = a.get("scale") or float(q.shape[-1]) ** -0.5
+                return torch.ops.lsgq.int8_attention(q, k, v, float(scale), True)
+        return func(*args, **kwargs)
+
+
+class Int8AttentionProcessor:
+    """Wraps a diffusers attention processor (Wan's, CogVideoX's, ...): the same computation with
+    8-bit attention (INT8 Q.K^T, 16-bit P.V; Triton on CUDA, the reference simulation on CPU).
+    ``__call__`` has the wrapped processor's signature (diffusers filters kwargs by it)."""
+
+    def __init__(self, inner: Any, min_kv: int = 256) -> None:
+        import lsgq_compiler.kernels.attention  # noqa: F401  (registers torch.ops.lsgq.int8_attention)
+
+        self.inner, self.min_kv = inner, int(min_kv)
+
+    def __getattr__(self, name: str) -> Any:  # _attention_backend, _parallel_config, ...
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def int8_processor(inner: Any, min_kv: int = 256) -> Int8AttentionProcessor:
+    """An :class:`Int8AttentionProcessor` around ``inner`` whose ``__call__`` signature is ``inner``'s."""
+    cls = type(inner)
+    if cls not in _CLASSES:
+        def __call__(self, *args, **kwargs):
+            with _Int8SDPA(self.min_kv):
+                return self.inner(*args, **kwargs)
+
+        sig = inspect.signature(cls.__call__)
+        __call__.__signature__ = sig
+        _CLASSES[cls] = type(f"Int8{cls.__name__}", (Int8AttentionProcessor,), {"__call__": __call__})
+    return _CLASSES[cls](inner, min_kv)

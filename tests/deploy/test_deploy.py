@@ -1,0 +1,323 @@
+"""Deploy checkpoint: save_pretrained -> from_pretrained in a fresh process, targets, refusals.
+
+Thresholds, per deploy kind, of the loaded model against the compiled QuantizedModel on the CPU:
+- ``int4_fp8``, ``fp8_row``, ``int4_weight`` (CUDA targets, run here by their float CPU reference
+  of the same numbers): bit-exact (the reference computes what the fake quantizers compute);
+- ``int8_row`` (target ``cpu``, real ``torch._int_mm``): >= 40 dB SQNR (integer accumulation
+  against the fake-quant float GEMM);
+- ``sim`` (any format, simulated): >= 80 dB (same math, other float evaluation order).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsgq_compiler import QuantConfig, compile_quantized, from_pretrained, save_pretrained
+from lsgq_compiler.deploy.checkpoint import CheckpointError, check_kernel_library
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import cogvideox_inputs, tiny_cogvideox, tiny_wan, wan_inputs  # noqa: E402
+
+ATTN = {"attention_min_kv": 16}
+
+
+def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
+    e = (ref.double() - out.double()).pow(2).sum()
+    return math.inf if e == 0 else 10 * math.log10(float(ref.double().pow(2).sum() / e))
+
+
+def _out(o):
+    return o[0] if isinstance(o, (tuple, list)) else o
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Compiled models, their checkpoints and outputs at the captured shape."""
+    from lsgq_compiler.vsr.models import load_tiny_vsr
+
+    root = tmp_path_factory.mktemp("deploy")
+    out = {}
+    wan, winp = tiny_wan(), wan_inputs(frames=2, size=16)
+    for tgt, bits in (("cuda-sm90", (4, 4)), ("cpu", (8, 8)), ("sim", (4, 4))):
+        qm = compile_quantized(wan, winp, QuantConfig(recipe="minmax", weight_bits=bits[0], act_bits=bits[1],
+                                                      target=tgt, attention_bits=8, options=ATTN),
+                               calib_data=[winp], progress=False)
+        d = save_pretrained(qm, root / f"wan-{tgt}")
+        out[f"wan-{tgt}"] = (qm, d, winp, qm(**winp).detach())
+    cog, cinp = tiny_cogvideox(), cogvideox_inputs()
+    qm = compile_quantized(cog, cinp, QuantConfig(recipe="minmax", weight_bits=8, act_bits=8, target="cuda-sm90",
+                                                  attention_bits=8, options=ATTN), calib_data=[cinp], progress=False)
+    out["cog-cuda-sm90"] = (qm, save_pretrained(qm, root / "cog-cuda-sm90"), cinp, qm(**cinp).detach())
+    vsr = load_tiny_vsr()
+    lq = torch.rand(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    vinp = vsr.transformer_inputs(lq)
+    qm = compile_quantized(vsr.transformer, vinp, QuantConfig(recipe="minmax", weight_bits=4, act_bits=4,
+                                                              target="cuda-sm90"), calib_data=[vinp], progress=False)
+    out["vsr-cuda-sm90"] = (qm, save_pretrained(qm, root / "vsr-cuda-sm90"), vinp, qm(**vinp).detach())
+    # LSGQuant (DRAQ folded, low-rank, Hadamard, QAO), quick budget
+    qm = compile_quantized(wan, winp, QuantConfig(recipe="lsgquant", weight_bits=4, act_bits=4, target="cuda-sm90",
+                                                  options={"sensitivity": "qerror", "light_iters": 2, "full_iters": 3,
+                                                           "lowrank_share": 0.2}),
+                           calib_data=[winp], progress=False)
+    out["wanlsgq-cuda-sm90"] = (qm, save_pretrained(qm, root / "wanlsgq-cuda-sm90"), winp, qm(**winp).detach())
+    return root, out
+
+
+FRESH = r"""
+import json, sys, torch
+from safetensors.torch import load_file, save_file
+import lsgq_compiler
+from lsgq_compiler.vsr.models.tiny_vsr import build_tiny_vsr, upscale_clip
+root = sys.argv[1]
+jobs = json.load(open(root + "/jobs.json"))
+res = {}
+for name, inputs_file in jobs.items():
+    m = lsgq_compiler.from_pretrained(root + "/" + name, allow_reference=True)
+    assert "lsgq" not in type(m).__module__, type(m)
+    inp = load_file(inputs_file)
+    kw = {k: v for k, v in inp.items()}
+    if name.startswith("cog"):
+        kw["image_rotary_emb"] = None
+    with torch.no_grad():
+        res[name] = m(**kw, return_dict=False)[0].contiguous()
+        if name.startswith("vsr"):
+            vsr = build_tiny_vsr()  # random weights: only the wrapper (bicubic, latent maps); the transformer is m
+            import numpy as np
+            clip = (np.random.default_rng(0).random((4, 96, 160, 3)) * 255).astype("uint8")
+            hq = upscale_clip(vsr, clip, transformer=m)
+            res["vsr-96x160"] = torch.from_numpy(hq).contiguous()
+save_file(res, root + "/outputs.safetensors")
+"""
+
+
+def test_fresh_process_load_matches(ckpts):
+    """Load every checkpoint in a new process (no base model, no calibration) and compare."""
+    from safetensors.torch import load_file, save_file
+
+    root, out = ckpts
+    jobs = {}
+    for name, (_, d, inp, _) in out.items():
+        f = root / f"{name}-inputs.safetensors"
+        save_file({k: v.contiguous() for k, v in inp.items() if isinstance(v, torch.Tensor)}, str(f))
+        jobs[name] = str(f)
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-c", FRESH, str(root)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = load_file(str(root / "outputs.safetensors"))
+    for name in ("wan-cuda-sm90", "vsr-cuda-sm90", "wanlsgq-cuda-sm90", "cog-cuda-sm90"):
+        assert sqnr(out[name][3], got[name]) >= 40.0, (name, sqnr(out[name][3], got[name]))
+    for name in ("wan-cuda-sm90", "vsr-cuda-sm90"):  # same CPU math as the fake quantizers: bit for bit
+        assert torch.equal(got[name], out[name][3].reshape(got[name].shape)), (name, sqnr(out[name][3], got[name]))
+    assert sqnr(out["wan-cpu"][3], got["wan-cpu"]) >= 40.0
+    assert sqnr(out["wan-sim"][3], got["wan-sim"]) >= 80.0
+    assert got["vsr-96x160"].shape == (4, 384, 640, 3)  # whole clip in one call, no tiling
+
+
+def test_uncaptured_shapes_match_recompile(ckpts):
+    """At two shapes never captured, the loaded model equals the plan re-compiled there."""
+    _, out = ckpts
+    qm, d, _, _ = out["wan-cuda-sm90"]
+    lm = from_pretrained(d, allow_reference=True)
+    for frames, size in ((3, 8), (1, 24)):
+        inp = wan_inputs(frames=frames, size=size, seed=5)
+        ref = compile_quantized(tiny_wan(), inp, qm.config, calib_data=[inp], plan=qm.plan,
+                                quant_state=qm.quant_state_dict(), progress=False)
+        with torch.no_grad():
+            got = lm(**inp, return_dict=False)[0]
+        assert torch.equal(got, ref(**inp)), sqnr(ref(**inp), got)
+    cog = from_pretrained(out["cog-cuda-sm90"][1], allow_reference=True)
+    for frames in (2, 5):
+        inp = cogvideox_inputs()
+        inp["hidden_states"] = torch.randn(1, frames, 4, 16, 16)
+        with torch.no_grad():
+            y = cog(**inp, return_dict=False)[0]
+        assert y.shape == (1, frames, 4, 16, 16) and torch.isfinite(y).all()
+
+
+def test_report_and_targets(ckpts):
+    """The plan records what each layer asked for and became; the loaded model says which kernels run."""
+    from lsgq_compiler.deploy.module_form import deploy_report
+
+    _, out = ckpts
+    qm = out["wan-cuda-sm90"][0]
+    rows = [r for r in qm.report() if r.get("target")]
+    assert rows and all(r["asked"] == "W4A4" for r in rows)
+    # tiny Wan: K = 32 / 64, not multiples of 128 -> FP8 rowwise W8A8, and the note says why
+    assert all("FP8" in r["became"] and "not a multiple of 128" in r["note"] for r in rows)
+    vsr = out["vsr-cuda-sm90"][0]
+    kinds = {s.extra["target"]["kind"] for s in vsr.plan.layers.values() if "target" in s.extra}
+    assert kinds == {"int4_fp8"}  # TinyVSR: K = 384 / 1536, multiples of 128
+    lsgq = out["wanlsgq-cuda-sm90"][0]
+    recs = [s.extra["target"] for s in lsgq.plan.layers.values() if "target" in s.extra]
+    assert recs and all("DRAQ per-call channel range -> static channel scale" in r["note"] for r in recs)
+    assert all(r.get("lowrank_dtype") == "bfloat16" for r in recs if lsgq.plan.layers)
+    lm = from_pretrained(out["wan-cpu"][1])
+    rep = deploy_report(lm)
+    assert {r["kind"] for r in rep} == {"int8_row", "int8-attention"}
+    assert all(r["real_kernel"] for r in rep if r["kind"] == "int8_row")
+
+
+def test_deploy_linear_bit_exact_with_quant_linear():
+    """One layer with smoothing, a bf16 low-rank branch and a Hadamard rotation: the deploy
+    module's CPU path equals the fake-quant layer bit for bit, for each CUDA kind."""
+    from lsgq_compiler.deploy.modules import DeployLinear
+    from lsgq_compiler.deploy.numerics import KIND_QUANTIZERS, TargetActQuant, TargetWeightQuant, snap_bf16
+    from lsgq_compiler.hadamard import random_signs
+    from lsgq_compiler.plan import LayerSpec
+    from lsgq_compiler.qlinear import QuantLinear
+
+    torch.manual_seed(0)
+    for kind in ("int4_fp8", "int4_weight", "fp8_row"):
+        m = QuantLinear(torch.randn(256, 384), torch.randn(256), LayerSpec("x", 384, 256, 4, 8))
+        m.apply_smoothing(torch.rand(384) + 0.5)
+        m.apply_lowrank(4)
+        with torch.no_grad():
+            m.lr_down.copy_(snap_bf16(m.lr_down))
+            m.lr_up.copy_(snap_bf16(m.lr_up))
+        m.apply_rotation(random_signs(384, 0), 128)
+        wk, ak = KIND_QUANTIZERS[kind]
+        m.wq, m.aq = TargetWeightQuant(wk), TargetActQuant(ak) if ak else None
+        d = DeployLinear.from_quant_linear(m, kind)
+        x = torch.randn(2, 50, 384)
+        with torch.no_grad():
+            assert torch.equal(m(x), d(x)), kind
+
+
+def test_torch_compile_loaded(ckpts):
+    _, out = ckpts
+    _, d, inp, ref = out["wan-cuda-sm90"]
+    lm = from_pretrained(d, allow_reference=True)
+    fn = torch.compile(lm, backend="aot_eager", fullgraph=False)
+    with torch.no_grad():
+        y = fn(**inp, return_dict=False)[0]
+    assert sqnr(ref, y) >= 80.0
+
+
+def _tiny_wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], attn_scales=[]).eval()
+
+
+def test_wan_pipeline_end_to_end(ckpts):
+    """The loaded transformer in a Wan text-to-video loop with diffusers' own components: the flow-matching
+    scheduler, a tiny random-weight Wan VAE, precomputed prompt embeddings (WanPipeline's denoising loop)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    _, out = ckpts
+    lm = from_pretrained(out["wan-cuda-sm90"][1], allow_reference=True)
+    vae, sched = _tiny_wan_vae(), FlowMatchEulerDiscreteScheduler(shift=3.0)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, 5, 32, generator=g)
+    lat = torch.randn(1, 4, 2, 8, 8, generator=g)  # 5 frames, 64x64 pixels after the VAE
+    sched.set_timesteps(2)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            noise = lm(hidden_states=lat, timestep=t.expand(1), encoder_hidden_states=emb, return_dict=False)[0]
+            lat = sched.step(noise, t, lat, return_dict=False)[0]
+        video = vae.decode(lat, return_dict=False)[0]
+    assert video.shape == (1, 3, 5, 64, 64) and torch.isfinite(video).all()
+
+
+def test_wan_pipeline_class(ckpts):
+    """diffusers' WanPipeline itself (needs transformers for its text-encoder type; skipped without it)."""
+    pytest.importorskip("transformers")
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    _, out = ckpts
+    lm = from_pretrained(out["wan-cuda-sm90"][1], allow_reference=True)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=_tiny_wan_vae(), transformer=lm,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    emb = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(2))
+    video = pipe(prompt_embeds=emb, negative_prompt_embeds=emb, guidance_scale=1.0, height=32, width=32,
+                 num_frames=5, num_inference_steps=2, output_type="pt",
+                 generator=torch.Generator().manual_seed(0)).frames
+    assert torch.isfinite(video).all()
+
+
+def test_diffusers_from_pretrained_native(ckpts):
+    """``WanTransformer3DModel.from_pretrained(dir)`` loads the checkpoint through the registered
+    ``lsgq`` quantizer: same class, same outputs as lsgq_compiler.from_pretrained."""
+    from diffusers import WanTransformer3DModel
+
+    _, out = ckpts
+    _, d, inp, ref = out["wan-cuda-sm90"]
+    m = WanTransformer3DModel.from_pretrained(str(d))
+    assert type(m) is WanTransformer3DModel
+    with torch.no_grad():
+        assert torch.equal(m(**inp, return_dict=False)[0], ref)
+
+
+# ---------------------------------------------------------------------- refusals
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refuses_other_model_class(ckpts):
+    from diffusers import CogVideoXTransformer3DModel
+
+    _, out = ckpts
+    with pytest.raises(CheckpointError, match="holds a WanTransformer3DModel, not a CogVideoXTransformer3DModel"):
+        from_pretrained(out["wan-cpu"][1], model_class=CogVideoXTransformer3DModel)
+
+
+def test_refuses_newer_format(ckpts, tmp_path):
+    _, out = ckpts
+    d = _copy(out["wan-cpu"][1], tmp_path / "c")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"]["format_version"] = 99
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="(?s)format version 99 is newer.*upgrade lsgq-compiler"):
+        from_pretrained(d)
+
+
+@pytest.mark.parametrize("damage", ["edit", "truncate"])
+def test_refuses_damaged_tensors(ckpts, tmp_path, damage):
+    _, out = ckpts
+    d = _copy(out["wan-cpu"][1], tmp_path / "c")
+    f = d / "diffusion_pytorch_model.safetensors"
+    data = bytearray(f.read_bytes())
+    if damage == "edit":
+        data[-7] ^= 0x55
+    else:
+        data = data[: len(data) // 2]
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its sha256 check"):
+        from_pretrained(d)
+
+
+def test_refuses_target_this_device_cannot_run(ckpts):
+    _, out = ckpts
+    d = out["wan-cuda-sm90"][1]
+    with pytest.raises(ValueError, match="cuda-sm90.*cannot run its kernels"):
+        from_pretrained(d, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs CUDA"):
+            from_pretrained(d, device="cuda")
+
+
+def test_refuses_missing_kernel_library():
+    with pytest.raises(ImportError, match=r"pip install 'lsgq-compiler\[cuda\]'.*mslk-cuda"):
+        check_kernel_library("cuda-sm90", {"int4_fp8"}, find_spec=lambda name: None)
+    check_kernel_library("cuda-sm90", {"fp8_row"}, find_spec=lambda name: None)  # FP8 needs no mslk
+
+
+def test_refuses_unknown_target_and_unsupported_recipe():
+    with pytest.raises(ValueError, match="unknown target 'cuda-sm70'"):
+        QuantConfig(target="cuda-sm70")
+    with pytest.raises(ValueError, match="recipe 'qdit4sr' cannot target 'cuda-sm90'"):
+        compile_quantized(tiny_wan(), wan_inputs(), QuantConfig(recipe="qdit4sr", weight_bits=4, act_bits=4,
+                                                                target="cuda-sm90"), progress=False)
