@@ -118,3 +118,53 @@ def test_model_without_linears():
 def test_bad_config_kind():
     with pytest.raises(TypeError, match="QuantConfig"):
         compile_quantized(tiny_wan(), wan_inputs(), config={"recipe": "minmax"})
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_bad_example_inputs_and_meta_models_are_clear_errors():
+    """Issue 15: NaN/Inf example inputs were accepted without calib_data; meta tensors crashed or 'succeeded'."""
+    torch.manual_seed(0)
+    m, x = _Tiny().eval(), torch.randn(4, 16)
+    cfg = QuantConfig(weight_bits=8, act_bits=8)
+    for bad in (math.nan, math.inf):
+        y = x.clone()
+        y[0, 0] = bad
+        with pytest.raises(ValueError, match="example_inputs input .* contains NaN or Inf"):
+            compile_quantized(m, (y,), cfg, progress=False)
+    with pytest.raises(ValueError, match="example_inputs input .* meta device"):
+        compile_quantized(m, (x.to("meta"),), cfg, progress=False)
+    with pytest.raises(ValueError, match="calib_data\\[0\\] input .* meta device"):
+        compile_quantized(m, (x,), cfg, calib_data=[(x.to("meta"),)], progress=False)
+    with pytest.raises(ValueError, match="model's tensors are on the meta device"):
+        compile_quantized(_Tiny().to("meta"), (x.to("meta"),), cfg, progress=False)
+
+
+def test_calibration_in_another_dtype_is_cast_with_a_note():
+    """Issue 15: fp16 calibration data for an fp32 model crashed smoothquant ('Half vs float')."""
+    from lsgq_compiler.calibration import CalibrationCastWarning
+
+    torch.manual_seed(0)
+    m, x = _Tiny().eval(), torch.randn(4, 16)
+    calib = [(torch.randn(4, 16).half(),) for _ in range(2)]
+    with pytest.warns(CalibrationCastWarning, match="float16 -> torch.float32"):
+        qm = compile_quantized(m, (x,), QuantConfig(recipe="smoothquant", weight_bits=8, act_bits=8),
+                               calib_data=calib, progress=False)
+    with torch.no_grad():
+        assert sqnr(m(x), qm(x)) > 25.0
+
+
+def test_call_at_another_shape_says_how_to_reapply():
+    """Issue 15: a call at another shape raised torch's raw 'Guard failed' AssertionError."""
+    torch.manual_seed(0)
+    m, x = _Tiny().eval(), torch.randn(4, 16)
+    qm = compile_quantized(m, (x,), QuantConfig(weight_bits=8, act_bits=8), calib_data=[(x,)], progress=False)
+    with pytest.raises(ValueError, match="(?s)captured at input shapes .*\\(4, 16\\).*\\(7, 16\\).*plan=qm.plan"):
+        qm(torch.randn(7, 16))

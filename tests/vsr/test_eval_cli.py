@@ -124,7 +124,7 @@ def test_resume_rows_keeps_finished_rows_and_flags_changed_arguments():
 
     carried, stale = resume_rows(prior, args, [dataclasses.replace(a, time_budget_s=5.0)])
     assert carried == [a.tag, b.tag] and "time_budget_s: None then, 5.0 now" in stale[a.tag]
-    carried, stale = resume_rows(prior, args, [dataclasses.replace(a, options={"calib_batches": 2})])
+    carried, stale = resume_rows(prior, args, [dataclasses.replace(a, options={"lr": 0.01})])
     assert "options" in stale[a.tag]
     with pytest.raises(ValueError, match="frames: 3 then, 4 now"):
         resume_rows(prior, {**args, "frames": 4}, [a])
