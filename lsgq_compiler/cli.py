@@ -57,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message=".*register_constant.*")
+    from .quiet import quiet
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv  # before any heavy import: lsgq --verbose shows third-party output
+    if verbose:
+        argv.remove("--verbose")
+    quiet(verbose)  # also LSGQ_VERBOSE=1
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
