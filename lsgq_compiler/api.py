@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from typing import Any, Iterable
 
@@ -82,6 +83,9 @@ class QuantizedModel(nn.Module):
                          **({"note": s.extra["fallback"]} if "fallback" in s.extra else {}),
                          **({"capture": s.extra["capture"]} if "capture" in s.extra else {}),
                          **getattr(m, "kernel_info", {})})
+        for path, why in self.info.get("notes", {}).get("skipped_linears", {}).items():
+            rows.append({"layer": path, "format": "FP", "act": "-", "rank": 0, "rotate": False, "kernel": "fp32",
+                         "backend": "torch", "real_kernel": True, "note": why})
         for path, a in self.plan.attention.items():
             rows.append({"layer": path, "format": a["format"], "act": "-", "rank": 0, "rotate": False,
                          "kernel": a.get("kernel", "triton int8 (CUDA) / simulated (CPU)" if a["quantized"] else "sdpa"),
@@ -135,6 +139,12 @@ def compile_quantized(
     capture_s = time.perf_counter() - t0
     calib = prepare_calibration(calib_data, captured)
     ctx = PassContext(config=config, captured=captured, calib=calib, plan=plan, progress=progress)
+    skipped = _tied_linears(captured.gm)
+    if skipped:
+        ctx.notes["skipped_linears"] = skipped
+        warnings.warn(f"{len(skipped)} linear layer(s) share (tie) their weight with another layer and stay in full "
+                      f"precision: " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), TiedWeightWarning,
+                      stacklevel=2)
     ctx.timings["capture"] = capture_s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -170,6 +180,39 @@ def compile_quantized(
     qm.output_structure = None if captured.output_structure.single else captured.output_structure
     qm.eval()
     return qm
+
+
+class TiedWeightWarning(UserWarning):
+    """Linear layers sharing a weight tensor: the tensor is quantized once, the other users stay full precision."""
+
+
+def _tied_linears(gm: nn.Module) -> dict[str, str]:
+    """Linear calls of an ``nn.Linear`` whose weight is another module's (tied): ``{path: reason}``.
+
+    torch.export keeps one copy of a shared tensor, under one owner's name; the other linears
+    calling it are left out of the plan (quantizing them would need their own copy), so say so.
+    """
+    from .capture import PATH_KEY, _PREFIX
+
+    if not isinstance(gm, fx.GraphModule):
+        return {}
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target != torch.ops.aten.linear.default or PATH_KEY in n.meta:
+            continue
+        stack = n.meta.get("nn_module_stack") or {}
+        w = n.args[1] if len(n.args) > 1 else None
+        if not stack or not isinstance(w, fx.Node) or w.op != "get_attr" or not str(w.target).endswith(".weight"):
+            continue
+        path, mtype = list(stack.values())[-1]
+        if not (isinstance(mtype, type) and issubclass(mtype, nn.Linear) or "Linear" in str(mtype)):
+            continue
+        owner = str(w.target)[: -len(".weight")]
+        strip = (lambda p: p[len(_PREFIX):] if p.startswith(_PREFIX) else p)  # noqa: E731
+        out[strip(path)] = (f"weight tied to {strip(owner)}: the shared tensor is quantized at most once, as "
+                            f"{strip(owner)}; this layer is left out of the plan and keeps the full-precision "
+                            "weight (untie it, e.g. clone the weight, to quantize it too)")
+    return out
 
 
 def _load_quant_state(gm: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -168,3 +168,29 @@ def test_call_at_another_shape_says_how_to_reapply():
     qm = compile_quantized(m, (x,), QuantConfig(weight_bits=8, act_bits=8), calib_data=[(x,)], progress=False)
     with pytest.raises(ValueError, match="(?s)captured at input shapes .*\\(4, 16\\).*\\(7, 16\\).*plan=qm.plan"):
         qm(torch.randn(7, 16))
+
+
+def test_tied_linear_weight_is_reported_as_skipped():
+    """Issue 15: a linear sharing (tying) another's weight was silently left out of the plan."""
+    from lsgq_compiler.api import TiedWeightWarning
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.c(self.b(torch.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    m, x = Tied().eval(), torch.randn(4, 16)
+    with pytest.warns(TiedWeightWarning, match="weight tied to"):
+        qm = compile_quantized(m, (x,), QuantConfig(weight_bits=8, act_bits=8), calib_data=[(x,)], progress=False)
+    skipped = qm.info["notes"]["skipped_linears"]
+    assert len(skipped) == 1 and set(skipped) | set(qm.plan.layers) == {"a", "b", "c"}
+    rows = {r["layer"]: r for r in qm.report()}
+    (path,) = skipped
+    assert rows[path]["format"] == "FP" and "tied" in rows[path]["note"]
+    with torch.no_grad():
+        assert sqnr(m(x), qm(x)) > 30.0
