@@ -40,7 +40,8 @@ def _lsgquant(ctx):
     tokens does not fit in memory, use ``"qerror"``), training distils each
     layer to its full-precision output. Ablation switches in ``config.options``:
     ``draq``, ``uniform_bits``, ``volts`` (tiered/all_full/all_frozen), ``lowrank_share``
-    (0 disables), ``rotate``, ``sensitivity``, ``light_iters``, ``full_iters``, ``lr``,
+    (0 disables), ``rotate``, ``sensitivity``, ``light_iters``, ``full_iters``, ``qao_iters``
+    (QAO iterations for all layers together, most sensitive first; default: no total), ``lr``,
     ``draq_static``."""
     from lsgq_compiler.passes.annotate_linears import AnnotateLinears
     from lsgq_compiler.passes.bit_allocation import BitAllocation
@@ -73,5 +74,5 @@ def _lsgquant(ctx):
     passes += [LowRank(), Rotate(ctx), InsertQuantizers(),
                VOLTS(ctx, light_iters=opt("light_iters", 30), full_iters=opt("full_iters", 100),
                      mode=opt("volts", "tiered")),
-               QAO(ctx, lr=opt("lr", 5e-3))]
+               QAO(ctx, lr=opt("lr", 5e-3), total_iters=opt("qao_iters", None))]
     return passes

@@ -20,6 +20,82 @@ def _savefig(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def sensitivity_label(plan: Plan) -> str:
+    """The sensitivity score the plan's layers actually carry, read from the plan: the name in
+    ``extra["scores"]`` equal to every layer's ``sensitivity`` (Sensitivity pass), the metrics
+    of a metric-decoupled sensitivity, or ``"none"``."""
+    layers = [s for s in plan.layers.values() if s.quantized and s.sensitivity is not None]
+    if not layers:
+        return "none"
+    if all("scores" in s.extra for s in layers):
+        names = [k for k in layers[0].extra["scores"]
+                 if all(s.extra["scores"].get(k) == s.sensitivity for s in layers)]
+        if names:
+            return names[0]
+    if all("metric_scores" in s.extra for s in layers):
+        return "metric-decoupled: " + "/".join(sorted(layers[0].extra["metric_scores"]))
+    return str(plan.config.get("options", {}).get("sensitivity", "unnamed"))
+
+
+def plan_formats(plan: Plan) -> str:
+    """Formats actually used, e.g. ``58 x W4A4 (weights asym. row, acts draq token), 2 x FP``."""
+    counts: dict[str, int] = {}
+    for s in plan.layers.values():
+        if not s.quantized:
+            key = "FP"
+        else:
+            w = (f"{'sym.' if s.weight_symmetric else 'asym.'} {s.weight_granularity}"
+                 + (f" {s.group_size}" if s.group_size else "")) if s.weight_bits else "FP"
+            a = f"{s.act_quantizer} {s.act_granularity}" if s.act_bits else "FP"
+            key = f"{s.fmt} (weights {w}, acts {a})"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} x {k}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def plan_training(plan: Plan) -> str:
+    """Training budgets assigned and spent, in iterations, read from the layers' plan entries."""
+    q = [s for s in plan.layers.values() if s.quantized]
+    tiers: dict[str, set[int]] = {}
+    for s in q:
+        if s.tier is not None:
+            tiers.setdefault(s.tier, set()).add(s.train_iters)
+    parts = [f"{t}: {len([s for s in q if s.tier == t])} layers x " + "/".join(str(i) for i in sorted(its))
+             + " iters" for t, its in sorted(tiers.items())]
+    total = plan.config.get("options", {}).get("qao_iters")
+    if total is not None:
+        parts.append(f"QAO total {total} iters")
+    spent = {}
+    for s in q:
+        for k, v in s.extra.items():
+            if isinstance(v, dict) and "iters" in v and (k == "qao" or k.startswith("train:")):
+                spent[k] = spent.get(k, 0) + int(v["iters"])
+    parts += [f"{k} spent {n} iters" for k, n in sorted(spent.items())]
+    cap = plan.config.get("time_budget_s")
+    parts.append(f"time cap {cap:g} s" if cap else "no time cap")
+    return "; ".join(parts) if parts else "no training"
+
+
+def time_cap_events(plan: Plan) -> list[str]:
+    """Where the wall-clock safety cap (``config.time_budget_s``) fired, read from the layers'
+    plan entries: per stage, the layer it stopped and after how many iterations, and how many
+    layers it skipped. Empty when it did not fire (the result is then iteration-determined)."""
+    stages: dict[str, dict] = {}
+    for s in plan.layers.values():
+        for k, v in s.extra.items():
+            if not isinstance(v, dict):
+                continue
+            if v.get("stopped") == "time cap":
+                stages.setdefault(k, {"skipped": 0, "stopped": []})["stopped"].append(
+                    f"{s.module_path} after {v.get('iters', '?')} of {s.train_iters or '?'} iters")
+            elif v.get("skipped") == "time cap":
+                stages.setdefault(k, {"skipped": 0, "stopped": []})["skipped"] += 1
+        if s.extra.get("metric_scores_from") == "median (time cap)":
+            stages.setdefault("metric_sensitivity", {"skipped": 0, "stopped": []})["skipped"] += 1
+    cap = plan.config.get("time_budget_s")
+    return [f"time cap ({cap:g} s) fired in {k}: " + ", ".join(v["stopped"] + [f"{v['skipped']} layers skipped"])
+            for k, v in sorted(stages.items())]
+
+
 def plot_plan(plan: Plan, path: Path, title: str = "") -> Path:
     """Per-layer sensitivity (log scale, bars coloured by VOLTS tier) and weight bits (line)."""
     import matplotlib
@@ -35,7 +111,7 @@ def plot_plan(plan: Plan, path: Path, title: str = "") -> Path:
     ax.bar(range(len(layers)), np.nan_to_num(sens, nan=0.0), color=[colours.get(s.tier, "#bbb") for s in layers])
     if np.nanmax(np.nan_to_num(sens, nan=0)) > 0:
         ax.set_yscale("log")
-    ax.set_ylabel("sensitivity (" + str(plan.config.get("options", {}).get("sensitivity", "qerror")) + ")")
+    ax.set_ylabel(f"sensitivity ({sensitivity_label(plan)})")
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(names, rotation=90, fontsize=5)
     ax2 = ax.twinx()
@@ -48,7 +124,7 @@ def plot_plan(plan: Plan, path: Path, title: str = "") -> Path:
 
     ax.legend(handles=[Patch(color=c, label=t) for t, c in colours.items() if t], loc="upper left", fontsize=7,
               title="VOLTS tier", title_fontsize=7)
-    ax.set_title(title or f"{plan.model_class}: per-layer sensitivity and bits")
+    ax.set_title(title or f"{plan.model_class}: per-layer {sensitivity_label(plan)} sensitivity and bits")
     _savefig(fig, path)
     plt.close(fig)
     return path
@@ -78,6 +154,17 @@ def table1_markdown(res: dict[str, Any]) -> str:
         for t in tags:
             if t.endswith("-" + bits):
                 lines.append(row(bits.upper(), t.rsplit("-", 1)[0], r[t]))
+    notes = []
+    for t, v in res.get("variants", {}).items():
+        cfg, cap = v.get("config", {}), v.get("notes", {}).get("time_cap")
+        budget = "iterations: " + (f"--iters {cfg['options']['train_iters']}" if "train_iters" in cfg.get("options", {})
+                                   else "the recipe's own")
+        fired = "; ".join(f"time cap {cap['time_budget_s']:g} s fired in {e['stage']}"
+                          + (f" at {e['layer']} after {e['iters']} iters" if e["layer"] else "")
+                          + f", {e['skipped']} layers skipped" for e in cap["stages"]) if cap else ""
+        notes.append(f"- {t}: {budget}" + (f"; {fired}" if fired else ""))
+    if notes:
+        lines += ["", "Training budgets:", *notes]
     return "\n".join(lines) + "\n"
 
 

@@ -34,9 +34,11 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
         lr: one learning rate, or one per parameter.
         iters: iteration budget (the cap when ``converge``).
         converge: stop early when the loss has not improved by 0.1% for ``patience`` iterations.
-        deadline: ``time.perf_counter()`` value after which training stops.
+        deadline: safety cap (``config.time_budget_s``): ``time.perf_counter()`` value after which
+            training stops; the result then says ``"stopped": "time cap"``.
     Returns:
-        ``{"loss_before", "loss_after", "iters"}`` (relative MSE; loss_after of the kept state).
+        ``{"loss_before", "loss_after", "iters"}`` (relative MSE; loss_after of the kept state),
+        plus ``"stopped": "time cap"`` when the deadline cut training short.
     """
     st = m.calib_stats
     if st is None or not st.samples:
@@ -53,7 +55,7 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
             xs = [torch.stack(xs)]
         targets = [F.linear(x, w_fp.to(x.dtype), m.bias) for x in xs]
         before = float(layer_loss(m, xs, targets))
-    best, best_state, stale, it = before, [p.detach().clone() for p in params], 0, 0
+    best, best_state, stale, it, capped = before, [p.detach().clone() for p in params], 0, 0, False
     lrs = lr if isinstance(lr, list) else [lr] * len(params)
     opt = torch.optim.Adam([{"params": [p], "lr": r} for p, r in zip(params, lrs)])
     for it in range(1, iters + 1):
@@ -67,23 +69,28 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
             best_state = [p.detach().clone() for p in params]
         else:
             stale += 1
-        if (converge and stale >= patience) or (deadline is not None and time.perf_counter() > deadline):
+        if converge and stale >= patience:
+            break
+        if deadline is not None and it < iters and time.perf_counter() > deadline:
+            capped = True
             break
     with torch.no_grad():
         for p, b in zip(params, best_state):
             p.copy_(b)
         m._wcache = None
         after = float(layer_loss(m, xs, targets))
-    return {"loss_before": before, "loss_after": after, "iters": it}
+    return {"loss_before": before, "loss_after": after, "iters": it, **({"stopped": "time cap"} if capped else {})}
 
 
 def train_end_to_end(model: nn.Module, batches: list[tuple[tuple, dict]], fp_outputs: list[torch.Tensor],
                      params: list[nn.Parameter], iters: int, lr: float, deadline: float | None = None) -> dict:
-    """Distil the whole quantized model to the full-precision outputs (relative MSE)."""
+    """Distil the whole quantized model to the full-precision outputs (relative MSE).
+
+    ``deadline``: safety cap as in :func:`train_layer` (result ``"stopped": "time cap"`` when it fired)."""
     if iters <= 0 or not params:
         return {"iters": 0}
     opt = torch.optim.Adam(params, lr=lr)
-    losses = []
+    losses, capped = [], False
     for it in range(iters):
         args, kwargs = batches[it % len(batches)]
         opt.zero_grad(set_to_none=True)
@@ -91,9 +98,11 @@ def train_end_to_end(model: nn.Module, batches: list[tuple[tuple, dict]], fp_out
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and it + 1 < iters and time.perf_counter() > deadline:
+            capped = True
             break
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m._wcache = None
-    return {"iters": len(losses), "loss_first": losses[0], "loss_last": losses[-1]}
+    return {"iters": len(losses), "loss_first": losses[0], "loss_last": losses[-1],
+            **({"stopped": "time cap"} if capped else {})}

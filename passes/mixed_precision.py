@@ -19,7 +19,6 @@ their counterparts for a super-resolution output without learned metrics.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from lsgq_compiler.calibration import run_batches
 
 from .infra import PassBase, PassContext, PassResult, quant_nodes
-from .train_params import train_deadline
+from .train_params import cap_expired, note_time_cap, train_deadline
 
 
 def _temporal(y: torch.Tensor, r: torch.Tensor) -> float | None:
@@ -64,8 +63,9 @@ class MetricDecoupledSensitivity(PassBase):
     """Set ``spec.sensitivity`` by metric-decoupled one-layer-at-a-time errors.
 
     Needs the quantizers attached (after InsertQuantizers) and Observe's full-precision
-    outputs. Costs one forward per layer and batch; when ``config.time_budget_s`` runs out,
-    the layers not yet measured get the median score (noted in ``ctx.notes``).
+    outputs. Costs one forward per layer and batch. ``config.time_budget_s`` is a safety cap:
+    if it fires, the layers not yet measured get the median score (``extra["metric_scores_from"]
+    = "median (time cap)"``, and ``ctx.notes["time_cap"]``).
 
     Args:
         metrics: names from :data:`METRICS`.
@@ -94,7 +94,7 @@ class MetricDecoupledSensitivity(PassBase):
             m.wq = m.aq = None
         try:
             for m in tqdm(mods, desc="metric sensitivity", disable=not self.ctx.progress, leave=False):
-                if deadline is not None and time.perf_counter() > deadline:
+                if cap_expired(deadline):
                     break
                 m.wq, m.aq = saved[id(m)]
                 m._wcache = None
@@ -119,6 +119,10 @@ class MetricDecoupledSensitivity(PassBase):
             k = m.spec.module_path
             m.spec.sensitivity = float(f"{sens[k]:.6g}")
             m.spec.extra["metric_scores"] = {met: float(f"{scores[met][k]:.6g}") for met in scores}
+            if k not in measured:
+                m.spec.extra["metric_scores_from"] = "median (time cap)"
+        if len(measured) < len(mods):
+            note_time_cap(self.ctx, "metric_sensitivity", None, 0, len(mods) - len(measured))
         self.ctx.notes["metric_sensitivity"] = {"metrics": sorted(scores), "batches": len(batches),
                                                 "measured": len(measured), "layers": len(mods)}
         return PassResult(gm, False)

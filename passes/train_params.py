@@ -50,11 +50,38 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def train_deadline(ctx: PassContext) -> float | None:
-    """One deadline for all training stages of a compilation (``config.time_budget_s``)."""
+    """One safety-cap deadline for all training stages of a compilation (``config.time_budget_s``).
+
+    Budgets that decide results are iterations; this wall-clock cap only guards against a
+    run that would take too long. Where it fires, the stage records it per layer
+    (``spec.extra[stage]["stopped" | "skipped"] = "time cap"``) and in ``ctx.notes["time_cap"]``
+    (see :func:`note_time_cap`). Kept off ``ctx.notes``: the deadline is a clock value.
+    """
     budget = ctx.config.time_budget_s
     if not budget:
         return None
-    return ctx.notes.setdefault("train_deadline", time.perf_counter() + budget)
+    if getattr(ctx, "_train_deadline", None) is None:
+        ctx._train_deadline = time.perf_counter() + budget
+    return ctx._train_deadline
+
+
+def cap_expired(deadline: float | None) -> bool:
+    """Whether the safety cap of :func:`train_deadline` has fired."""
+    return deadline is not None and time.perf_counter() > deadline
+
+
+def note_time_cap(ctx: PassContext, stage: str, layer: str | None, iters: int, skipped: int) -> None:
+    """Record where the time cap fired: ``stage``, the layer it stopped (None: end-to-end or
+    between layers), after how many of that layer's iterations, and how many layers it skipped."""
+    ctx.notes.setdefault("time_cap", {"time_budget_s": ctx.config.time_budget_s, "stages": []})
+    ctx.notes["time_cap"]["stages"].append({"stage": stage, "layer": layer, "iters": iters, "skipped": skipped})
+
+
+def iters_cap(ctx: PassContext, iters: int) -> int:
+    """``iters`` capped by ``config.options["train_iters"]`` (``lsgq compare --iters``: the same
+    per-layer iteration cap for every training stage of every method; absent: no cap)."""
+    cap = ctx.config.options.get("train_iters")
+    return int(iters) if cap is None else min(int(iters), int(cap))
 
 
 def group_params(m: QuantLinear, groups: Iterable[str]) -> list[tuple[str, nn.Parameter]]:
@@ -185,46 +212,54 @@ class TrainParams(PassBase):
         mods = [m for _, m in quant_nodes(gm) if m.spec.quantized]
         todo = [(m, group_params(m, self.groups)) for m in mods]
         todo = [(m, named) for m, named in todo if named]
-        note = {"mode": self.mode, "layers": len(todo), "iters": self.iters}
-        if self.iters <= 0 or not todo:
+        iters = iters_cap(self.ctx, self.iters)
+        note = {"mode": self.mode, "layers": len(todo), "iters": iters}
+        if iters <= 0 or not todo:
             self.ctx.notes[f"train:{self.stage}"] = {**note, "skipped": "no iterations or parameters"}
             return PassResult(gm, False)
         deadline = train_deadline(self.ctx)
         with torch.enable_grad():
             if self.mode == "layer":
-                note.update(self._layerwise(gm, todo, deadline))
+                note.update(self._layerwise(gm, todo, deadline, iters))
             else:
-                note.update(self._end_to_end(gm, todo, deadline))
+                note.update(self._end_to_end(gm, todo, deadline, iters))
         self.ctx.notes[f"train:{self.stage}"] = note
         return PassResult(gm, False)
 
-    def _layerwise(self, gm, todo, deadline) -> dict:
-        skipped = 0
+    def _layerwise(self, gm, todo, deadline, iters) -> dict:
+        key, skipped, fired = f"train:{self.stage}", 0, None
         for m, named in tqdm(todo, desc=f"train {self.stage}", disable=not self.ctx.progress, leave=False):
-            if deadline is not None and time.perf_counter() > deadline:
-                m.spec.extra[f"train:{self.stage}"] = {"skipped": "time budget"}
+            if cap_expired(deadline):
+                m.spec.extra[key] = {"skipped": "time cap"}
                 skipped += 1
                 continue
             saved = set_trainable(gm, {id(p) for _, p in named})
             try:
                 with layer_training(m, self.max_tokens):
-                    res = train_layer(m, [p for _, p in named], self.iters, relative_lrs(m, named, self.lr),
+                    res = train_layer(m, [p for _, p in named], iters, relative_lrs(m, named, self.lr),
                                       converge=self.converge, deadline=deadline)
             finally:
                 restore_trainable(gm, saved)
-            m.spec.extra[f"train:{self.stage}"] = {k: round(v, 6) if isinstance(v, float) else v
-                                                   for k, v in res.items()}
+            m.spec.extra[key] = {k: round(v, 6) if isinstance(v, float) else v for k, v in res.items()}
+            if "stopped" in res:
+                fired = (m.spec.module_path, res["iters"])
+        if fired or skipped:
+            note_time_cap(self.ctx, key, *(fired or (None, 0)), skipped)
         return {"skipped_time_budget": skipped}
 
-    def _end_to_end(self, gm, todo, deadline) -> dict:
+    def _end_to_end(self, gm, todo, deadline, iters) -> dict:
         if self.ctx.fp_outputs is None:
             raise RuntimeError("end-to-end training needs the full-precision outputs: run Observe first")
         groups = [{"params": [p], "lr": r} for m, named in todo
                   for (_, p), r in zip(named, relative_lrs(m, named, self.lr))]
         saved = set_trainable(gm, {id(g["params"][0]) for g in groups})
         try:
-            res = train_end_to_end(gm, self.ctx.calib, self.ctx.fp_outputs, groups, self.iters, self.lr,
+            res = train_end_to_end(gm, self.ctx.calib, self.ctx.fp_outputs, groups, iters, self.lr,
                                    deadline=deadline)
         finally:
             restore_trainable(gm, saved)
+        if "stopped" in res:
+            note_time_cap(self.ctx, f"train:{self.stage}", None, res["iters"], 0)
+            for m, _ in todo:
+                m.spec.extra[f"train:{self.stage}"] = {"iters": res["iters"], "stopped": "time cap"}
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in res.items()}

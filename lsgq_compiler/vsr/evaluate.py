@@ -360,8 +360,12 @@ def add_eval_arguments(p: argparse.ArgumentParser, compare: bool = False) -> Non
     p.add_argument("--attention-bits", type=int, choices=[8], default=None,
                    help="8-bit attention (INT8 Q.K^T) in every variant, layer by layer by measured SQNR "
                         "(variant names get -attn8)")
+    p.add_argument("--iters", type=int, default=None, metavar="N",
+                   help="the same iteration cap for every training stage of every variant: at most N "
+                        "iterations per layer (end-to-end stages: N in all); default: each recipe's own budgets")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="wall-time limit of each variant's training stages (default: the recipe's own budgets)")
+                   help="safety cap only: wall-time limit of each variant's training stages; results then depend "
+                        "on machine speed, and where it fires the plan and summary say so (default: no cap)")
     if compare:
         p.add_argument("--out", default="compare_out", help="folder for table.md, results.json, chart.png "
                        "(one subfolder per clip set when several are given)")
@@ -417,6 +421,10 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     configs = parse_variants(args.recipes, args.bits, _parse_options(args.option), getattr(args, "attention_bits", None))
     if args.time_budget is not None:
         configs = [dataclasses.replace(c, time_budget_s=args.time_budget) for c in configs]
+    if args.iters is not None:
+        if args.iters < 0:
+            raise user_error(f"--iters {args.iters} must be >= 0", "give an iteration count, e.g. --iters 30")
+        configs = [dataclasses.replace(c, options={**c.options, "train_iters": args.iters}) for c in configs]
     sources = [c.strip() for c in args.clips.split(",") if c.strip()]
     if not sources:
         raise user_error("--clips is empty", "use builtin, real, a folder, or several comma-separated")
