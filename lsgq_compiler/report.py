@@ -69,10 +69,10 @@ def plan_training(plan: Plan) -> str:
         for k, v in s.extra.items():
             if isinstance(v, dict) and "iters" in v and (k == "qao" or k.startswith("train:")):
                 spent[k] = spent.get(k, 0) + int(v["iters"])
-    parts += [f"{k} spent {n} iters" for k, n in sorted(spent.items())]
+    parts += [f"{k} spent {n} iters" for k, n in sorted(spent.items())] or ["no training iterations"]
     cap = plan.config.get("time_budget_s")
     parts.append(f"time cap {cap:g} s" if cap else "no time cap")
-    return "; ".join(parts) if parts else "no training"
+    return "; ".join(parts)
 
 
 def time_cap_events(plan: Plan) -> list[str]:
