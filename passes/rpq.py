@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from lsgq_compiler.train import train_end_to_end, train_layer
 
 from .infra import PassBase, PassContext, PassResult, quant_nodes
-from .train_params import (group_params, layer_training, relative_lrs, restore_trainable, set_trainable,
-                           train_deadline)
+from .train_params import (group_params, iters_cap, layer_training, note_time_cap, relative_lrs,
+                           restore_trainable, set_trainable, train_deadline)
 
 _BLOCK = re.compile(r"^(.*?blocks?\.\d+)\.")
 
@@ -69,7 +69,10 @@ class RPQ(PassBase):
         with torch.enable_grad():
             for step, key in enumerate(tqdm(order, desc="RPQ (reversed)", disable=not self.ctx.progress,
                                             leave=False)):
-                if deadline is not None and time.perf_counter() > deadline:
+                if deadline is not None and time.perf_counter() > deadline:  # safety cap: recorded
+                    note_time_cap(self.ctx, "rpq", None, 0, len(order) - step)
+                    for m in (m for k in order[step:] for m in modules[k]):
+                        m.spec.extra["rpq"] = {"skipped": "time cap"}
                     break
                 earlier = [m for k in list(modules)[: list(modules).index(key)] for m in modules[k]]
                 saved_q = [(m, m.wq, m.aq) for m in earlier]
@@ -97,16 +100,16 @@ class RPQ(PassBase):
             saved = set_trainable(gm, {id(p) for _, p in n})
             try:
                 with layer_training(m, self.max_tokens):
-                    train_layer(m, [p for _, p in n], self.module_iters, relative_lrs(m, n, self.lr),
-                                deadline=deadline)
+                    train_layer(m, [p for _, p in n], iters_cap(self.ctx, self.module_iters),
+                                relative_lrs(m, n, self.lr), deadline=deadline)
             finally:
                 restore_trainable(gm, saved)
-        if self.image_iters <= 0:
+        if iters_cap(self.ctx, self.image_iters) <= 0:
             return
         groups = [{"params": [p], "lr": r} for m, n in named for (_, p), r in zip(n, relative_lrs(m, n, self.lr))]
         saved = set_trainable(gm, {id(g["params"][0]) for g in groups})
         try:  # image loss, the rest of the network as it is now
-            train_end_to_end(gm, self.ctx.calib, self.ctx.fp_outputs, groups, self.image_iters, self.lr,
-                             deadline=deadline)
+            train_end_to_end(gm, self.ctx.calib, self.ctx.fp_outputs, groups, iters_cap(self.ctx, self.image_iters),
+                             self.lr, deadline=deadline)
         finally:
             restore_trainable(gm, saved)

@@ -60,3 +60,14 @@ def test_compare_table_names_the_budgets_and_a_fired_cap():
     assert "- lsgquant-w4a4: iterations: --iters 30; time cap 5 s fired in qao at blocks.0.ffn after 7 iters, " \
            "3 layers skipped" in md
     assert "- minmax-w4a4: iterations: the recipe's own" in md
+
+
+def test_iters_option_caps_every_training_stage():
+    """`lsgq compare --iters N` (options.train_iters): the same per-layer cap for every method's stages."""
+    m, inp = tiny_wan(), wan_inputs(frames=2, size=8)
+    qm = compile_quantized(m, inp, QuantConfig(recipe="quantvsr", weight_bits=4, act_bits=4,
+                                               options={"train_iters": 2, "train_tokens": 64}),
+                           calib_data=[inp], progress=False)
+    notes = qm.info["notes"]
+    assert notes["train:lowrank"]["iters"] == 2 and notes["train:lba"]["iters"] == 2
+    assert all(s.extra["train:lowrank"]["iters"] <= 2 for s in qm.plan.quantized_layers())
