@@ -237,3 +237,20 @@ def test_artifact_without_model_needs_explicit_opt_out(w4, tmp_path):
         load_quantized(art, tiny_wan(seed=5), inp)
     with torch.no_grad():
         assert torch.equal(load_quantized(art, m, inp, check_model=False)(**inp), y)
+
+
+def test_leftovers_of_the_old_two_rename_save_are_recovered(w4, tmp_path):
+    """Issue 15: a kill between the old code's two renames left the artifact only in .NAME.old-PID."""
+    import shutil
+    import subprocess
+    import sys
+
+    m, inp, qm, y, d = w4
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    shutil.copytree(d, tmp_path / f".art.old-{dead.pid}")  # the destination itself is missing
+    (tmp_path / f".art.tmp-{dead.pid}abc").mkdir()
+    save_quantized(qm, tmp_path / "art", model=m)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    with torch.no_grad():
+        assert torch.equal(load_quantized(tmp_path / "art", m, inp)(**inp), y)
