@@ -112,7 +112,8 @@ def apply_attention(model: nn.Module, attention: dict[str, dict]) -> None:
             raise user_error(f"{path} ({type(attn).__name__}) has no diffusers attention processor to replace",
                              "8-bit attention in the module form needs diffusers attention modules")
         inner = attn.processor
-        inner = getattr(inner, "inner", inner)
+        if getattr(inner, "lsgq_int8", False):
+            continue
         attn.set_processor(int8_processor(inner, rec.get("min_kv", 256)))
 
 
@@ -147,7 +148,7 @@ def deploy_report(model: nn.Module) -> list[dict[str, Any]]:
             dev = next((b.device.type for b in m.buffers() if b is not None), "cpu")
             rows.append({"layer": name, "kind": m.kind, **m.kernel_info(dev)})
         proc = getattr(m, "processor", None)
-        if proc is not None and type(proc).__name__.startswith("Int8"):
+        if proc is not None and getattr(proc, "lsgq_int8", False):
             dev = next((p.device.type for p in m.parameters()), "cpu")
             rows.append({"layer": name, "kind": "int8-attention",
                          "kernel": "lsgq::int8_attention (" + ("Triton" if dev == "cuda" else "CPU reference") + ")",

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from lsgq_compiler.hadamard import rotate
 from lsgq_compiler.quantizers import ActQuant
@@ -325,57 +324,73 @@ def _cuda_gemm(mod: DeployLinear, x: torch.Tensor) -> torch.Tensor:
 SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
-class _Int8SDPA(TorchFunctionMode):
-    """Inside a processor call: each ``F.scaled_dot_product_attention`` without mask, dropout,
-    causal flag or GQA, over at least ``min_kv`` keys, runs ``lsgq::int8_attention`` (the same
-    rule and op as the compiler's attention pass, so outputs match the compiled model)."""
-
-    def __init__(self, min_kv: int) -> None:
-        super().__init__()
-        self.min_kv = min_kv
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is SDPA:
-            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
-            a = dict(zip(names, args)) | kwargs
-            q, k, v = a["query"], a["key"], a["value"]
-            mask, dropout, causal = a.get("attn_mask"), a.get("dropout_p", 0.0), a.get("is_causal", False)
-            if mask is None and not dropout and not causal and not a.get("enable_gqa", False) \
-                    and k.shape[-2] >= self.min_kv:
-                scale = a.get("scale") or float(q.shape[-1]) ** -0.5
-                return torch.ops.lsgq.int8_attention(q, k, v, float(scale), True)
-        return func(*args, **kwargs)
+_CLASSES: dict[tuple[type, int], type] = {}
 
 
-class Int8AttentionProcessor:
-    """Wraps a diffusers attention processor (Wan's, CogVideoX's, ...): the same computation with
-    8-bit attention (INT8 Q.K^T, 16-bit P.V; Triton on CUDA, the reference simulation on CPU).
-    ``__call__`` has the wrapped processor's signature (diffusers filters kwargs by it)."""
-
-    def __init__(self, inner: Any, min_kv: int = 256) -> None:
-        import lsgq_compiler.kernels.attention  # noqa: F401  (registers torch.ops.lsgq.int8_attention)
-
-        self.inner, self.min_kv = inner, int(min_kv)
-
-    def __getattr__(self, name: str) -> Any:  # _attention_backend, _parallel_config, ...
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+def _int8_sdpa(min_kv: int):
+    """``F.scaled_dot_product_attention`` where each call without mask, dropout, causal flag or GQA over
+    at least ``min_kv`` keys runs ``lsgq::int8_attention``: the rule and op of the compiler's attention
+    pass, so outputs match the compiled model."""
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if attn_mask is None and not dropout_p and not is_causal and not enable_gqa and key.shape[-2] >= min_kv:
+            s = scale or float(query.shape[-1]) ** -0.5
+            return torch.ops.lsgq.int8_attention(query, key, value, float(s), True)
+        return SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                    enable_gqa=enable_gqa)
+    return sdpa
 
 
-_CLASSES: dict[type, type] = {}
+def _rebound_call(cls: type, min_kv: int):
+    """``cls.__call__`` with its module globals rebound so its attention calls run 8-bit attention:
+    ``F`` / ``torch.nn.functional`` get an ``scaled_dot_product_attention`` with the 8-bit rule, and
+    diffusers' ``dispatch_attention_fn`` (``(B, N, H, D)`` layout) routes its native path through it.
+    A plain function (no mode, no wrapper): ``torch.compile`` traces it without graph breaks."""
+    import types
+
+    fn = cls.__call__
+    sdpa = _int8_sdpa(min_kv)
+    g = dict(fn.__globals__)
+    for name, val in list(g.items()):
+        if val is torch.nn.functional:
+            mod = types.ModuleType(val.__name__)
+            mod.__dict__.update(val.__dict__)
+            mod.scaled_dot_product_attention = sdpa
+            g[name] = mod
+    if "dispatch_attention_fn" in g:
+        orig = g["dispatch_attention_fn"]
+
+        def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                  enable_gqa=False, backend=None, parallel_config=None, **kw):
+            if backend is None and parallel_config is None and not kw:
+                out = sdpa(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask,
+                           dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                return out.transpose(1, 2)
+            return orig(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                        enable_gqa=enable_gqa, backend=backend, parallel_config=parallel_config, **kw)
+
+        g["dispatch_attention_fn"] = dispatch_attention_fn
+    import sys
+
+    # the globals are a real module's (dynamo guards globals through their module's name)
+    name = f"lsgq_compiler.deploy._int8_globals.{cls.__module__.replace('.', '_')}.{cls.__name__}_{min_kv}"
+    gmod = types.ModuleType(name)
+    gmod.__dict__.update(g)
+    gmod.__name__ = name
+    sys.modules[name] = gmod
+    new = types.FunctionType(fn.__code__, gmod.__dict__, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    return new
 
 
-def int8_processor(inner: Any, min_kv: int = 256) -> Int8AttentionProcessor:
-    """An :class:`Int8AttentionProcessor` around ``inner`` whose ``__call__`` signature is ``inner``'s."""
+def int8_processor(inner: Any, min_kv: int = 256) -> Any:
+    """The 8-bit attention processor for ``inner`` (Wan's, CogVideoX's, ...): a subclass of ``inner``'s class whose
+    ``__call__`` is the same code with 8-bit attention (same signature: diffusers filters kwargs by it)."""
     cls = type(inner)
-    if cls not in _CLASSES:
-        def __call__(self, *args, **kwargs):
-            with _Int8SDPA(self.min_kv):
-                return self.inner(*args, **kwargs)
-
-        sig = inspect.signature(cls.__call__)
-        __call__.__signature__ = sig
-        _CLASSES[cls] = type(f"Int8{cls.__name__}", (Int8AttentionProcessor,), {"__call__": __call__})
-    return _CLASSES[cls](inner, min_kv)
+    key = (cls, int(min_kv))
+    if key not in _CLASSES:
+        _CLASSES[key] = type(f"Int8{cls.__name__}", (cls,), {"__call__": _rebound_call(cls, int(min_kv)),
+                                                             "min_kv": int(min_kv), "lsgq_int8": True})
+    out = _CLASSES[key].__new__(_CLASSES[key])
+    out.__dict__.update(getattr(inner, "__dict__", {}))
+    import lsgq_compiler.kernels.attention  # noqa: F401  (registers torch.ops.lsgq.int8_attention)
+    return out
