@@ -195,10 +195,10 @@ def test_torch_compile_loaded(ckpts):
     _, out = ckpts
     _, d, inp, ref = out["wan-cuda-sm90"]
     lm = from_pretrained(d, allow_reference=True)
-    fn = torch.compile(lm, backend="aot_eager", fullgraph=False)
     with torch.no_grad():
-        y = fn(**inp, return_dict=False)[0]
-    assert sqnr(ref, y) >= 80.0
+        assert torch._dynamo.explain(lm)(**inp, return_dict=False).graph_break_count == 0
+        y = torch.compile(lm, backend="aot_eager")(**inp, return_dict=False)[0]  # inductor: ~90 s on 2 cores
+    assert torch.equal(y, ref)
 
 
 def _tiny_wan_vae():
