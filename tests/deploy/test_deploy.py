@@ -206,7 +206,8 @@ def _tiny_wan_vae():
 
     torch.manual_seed(0)
     return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True], attn_scales=[]).eval()
+                            temperal_downsample=[False, True, True], attn_scales=[],
+                            latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()  # one per latent channel
 
 
 def test_wan_pipeline_end_to_end(ckpts):
