@@ -29,7 +29,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lsgq", description="Quantize one-step diffusion VSR transformers.")
+    p = argparse.ArgumentParser(prog="lsgq", description="Quantize one-step diffusion VSR transformers.",
+                                epilog="--verbose (anywhere on the line) or LSGQ_VERBOSE=1: also show third-party "
+                                       "warnings and logs (quiet by default).")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("recipes", help="list the quantization recipes")
     r.set_defaults(fn=_cmd_recipes)
