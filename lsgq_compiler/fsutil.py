@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
 import platform
 import re
@@ -44,6 +45,15 @@ _KINDS = ("tmp", "stage", "old")
 
 class FolderNotOursError(FileExistsError):
     """The destination is a non-empty folder (or a file) that is not an artifact of ours."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 16 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def umask() -> int:

@@ -47,6 +47,7 @@ from torch import nn
 
 from .config import QuantConfig
 from .errors import user_error
+from .fsutil import file_sha256
 from .plan import Plan, atomic_write_text
 
 STAGES_DIR = ".lsgq-stages"
@@ -166,12 +167,6 @@ class QuantizeJob:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _folder_id(d: Path) -> str:
@@ -625,7 +620,7 @@ def run_quantize(job: QuantizeJob, dtype: torch.dtype = torch.float32) -> dict[s
             else:
                 meta, _ = read_record(job.calib)
                 batches = load_inputs(job.calib)
-                calib_id, calib_desc = _file_sha(Path(job.calib)), str(job.calib)
+                calib_id, calib_desc = file_sha256(Path(job.calib)), str(job.calib)
             batches = [_to(b, device, dtype) for b in batches]
             check_calibration(meta, batches, model, job.calib or "the built-in calibration set")
             n = len(batches)

@@ -15,7 +15,6 @@ layers and assigns the stored tensors: no base model, no calibration, no full-pr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from lsgq_compiler.errors import user_error
-from lsgq_compiler.fsutil import write_folder
+from lsgq_compiler.fsutil import file_sha256, write_folder
 
 from .module_form import (FORMAT_VERSION, QUANT_METHOD, apply_attention, build_skeleton_layers, cast_float,
                           is_module_form, prepare, to_module_form)
@@ -45,12 +44,6 @@ def _fail(d: Path, what: str, todo: str) -> CheckpointError:
     return user_error(f"checkpoint {d}: {what}", todo, CheckpointError)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_config(model: nn.Module) -> dict[str, Any]:
@@ -111,7 +104,7 @@ def save_pretrained(obj: Any, directory: str | os.PathLike, model: nn.Module | N
         files = {}
         for name, shard in zip(names, shards):
             save_file(shard, str(stage / name), metadata={"format": "pt"})  # one key: safetensors writes several in random order (H-E, #18)
-            files[name] = _file_sha256(stage / name)
+            files[name] = file_sha256(stage / name)
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
                      "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
@@ -221,7 +214,7 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "
                         "only safetensors are loaded (never pickle)")
         if not p.is_file():
             raise _fail(d, f"weights file {fname} is missing", "copy the whole folder")
-        if _file_sha256(p) != sha:
+        if file_sha256(p) != sha:
             raise _fail(d, f"{fname} fails its sha256 check: truncated, edited or corrupted", "re-save or re-copy it")
     state: dict[str, torch.Tensor] = {}
     for fname in files:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from lsgq_compiler.errors import user_error
-from lsgq_compiler.fsutil import atomic_path, atomic_write_text
+from lsgq_compiler.fsutil import atomic_path, atomic_write_text, file_sha256
 
 SOURCE = Path(__file__).with_name("cpu_attention.cpp")
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
@@ -49,12 +49,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LSGQ_CACHE_DIR", Path.home() / ".cache" / "lsgq_compiler"))
 
 
-def _file_sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _verified(out: Path) -> bool:
@@ -63,7 +57,7 @@ def _verified(out: Path) -> bool:
     since, is rebuilt instead of loaded."""
     side = out.with_name(out.name + ".sha256")
     try:
-        return out.is_file() and side.read_text().strip() == _file_sha256(out)
+        return out.is_file() and side.read_text().strip() == file_sha256(out)
     except OSError:
         return False
 
@@ -88,7 +82,7 @@ def build(force: bool = False) -> Path:
         if res.returncode != 0:
             raise user_error(f"compiling {SOURCE.name} failed:\n{res.stderr[-2000:]}",
                              "check that the compiler supports C++17 and x86 intrinsics (g++ >= 9)", RuntimeError)
-        digest = _file_sha256(tmp)
+        digest = file_sha256(tmp)
     atomic_write_text(out.with_name(out.name + ".sha256"), digest + "\n")
     if not _verified(out):  # another process replaced it between our two renames: use our own check
         raise user_error(f"the kernel library {out} changed while it was being built",
