@@ -100,14 +100,19 @@ def to_module_form(qm: Any, model: nn.Module | None = None) -> nn.Module:
     return out
 
 
+def _checkpoint_submodule(model: nn.Module, path: str, what: str) -> nn.Module:
+    """``model.get_submodule(path)``, or a clear error: the checkpoint names a module this model lacks."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise user_error(f"{what} {path} of the checkpoint is not in this {type(model).__name__}",
+                         "the checkpoint belongs to another model (class or config)") from None
+
+
 def apply_attention(model: nn.Module, attention: dict[str, dict]) -> None:
     """Wrap the processor of each attention module in ``attention`` (path -> ``{"min_kv": ...}``)."""
     for path, rec in attention.items():
-        try:
-            attn = model.get_submodule(path)
-        except AttributeError:
-            raise user_error(f"attention layer {path} is not in this {type(model).__name__}",
-                             "the checkpoint belongs to another model") from None
+        attn = _checkpoint_submodule(model, path, "attention layer")
         if not hasattr(attn, "set_processor") or not hasattr(attn, "processor"):
             raise user_error(f"{path} ({type(attn).__name__}) has no diffusers attention processor to replace",
                              "8-bit attention in the module form needs diffusers attention modules")
@@ -120,11 +125,7 @@ def apply_attention(model: nn.Module, attention: dict[str, dict]) -> None:
 def build_skeleton_layers(model: nn.Module, layers: dict[str, dict], device: Any = "meta") -> None:
     """Replace each planned linear of ``model`` by an empty :class:`DeployLinear` (on ``device``)."""
     for path, cfg in layers.items():
-        try:
-            old = model.get_submodule(path)
-        except AttributeError:
-            raise user_error(f"layer {path} of the checkpoint is not in this {type(model).__name__}",
-                             "the checkpoint belongs to another model (class or config)") from None
+        old = _checkpoint_submodule(model, path, "layer")
         w = getattr(old, "weight", None)
         if w is None or tuple(w.shape) != (cfg["out_features"], cfg["in_features"]):
             raise user_error(f"layer {path} of the checkpoint does not match this {type(model).__name__}",
