@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import torch
 from torch import fx, nn
 
+from . import distributed
 from .calibration import check_model, check_tensors, prepare_calibration
 from .capture import Inputs, capture, normalize_inputs, tensor_leaves
 from .config import QuantConfig
@@ -105,6 +106,10 @@ def compile_quantized(
 ) -> QuantizedModel:
     """Capture ``model`` at ``example_inputs``, run the recipe's passes, return a quantized copy.
 
+    Called on every rank of an initialised ``torch.distributed`` process group (``torchrun``), with
+    the same arguments: calibration clips and QAO layers are split across the ranks and merged
+    exactly, so each rank returns what one process returns (:mod:`lsgq_compiler.distributed`).
+
     Args:
         model: an ``nn.Module`` (e.g. a diffusers transformer). Never modified.
         example_inputs: tuple (positional), dict (keyword) or tensor; fixes the shapes.
@@ -138,6 +143,10 @@ def compile_quantized(
     captured = capture(model, example_inputs, copy_model=True, form=config.capture)
     capture_s = time.perf_counter() - t0
     calib = prepare_calibration(calib_data, captured)
+    ranks = None
+    if distributed.active():  # calibration and QAO split across the ranks (lsgq_compiler.distributed)
+        ranks = distributed.check_job(config.to_dict(), calib, plan.to_json() if plan is not None else None)
+        progress = progress and distributed.is_main()
     ctx = PassContext(config=config, captured=captured, calib=calib, plan=plan, progress=progress)
     skipped = _tied_linears(captured.gm)
     if skipped:
@@ -171,7 +180,7 @@ def compile_quantized(
     result_plan = Plan(layers=layers, model_class=captured.model_class, config=config.to_dict(),
                        attention=dict(ctx.notes.get("attention", {})))
     info = {"compile_s": time.perf_counter() - t0, "timings": dict(ctx.timings), "peak_mem_gib": peak,
-            "input_shapes": captured.input_shapes, "notes": ctx.notes}
+            "input_shapes": captured.input_shapes, "notes": ctx.notes, **({"distributed": ranks} if ranks else {})}
     from lsgq_compiler.module_form import record_capture
 
     record_capture(gm, captured, result_plan, info)

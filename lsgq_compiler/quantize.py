@@ -3,6 +3,9 @@
     lsgq quantize --model DOVE/transformer --calib calib.safetensors --recipe lsgquant --bits w4a4 \\
         --target cuda-sm90 --out dove-w4 [--size-budget GB | --min-fidelity-db X]
 
+Across GPUs: ``torchrun --nproc-per-node N -m lsgq_compiler.cli quantize ...`` (same arguments): every
+rank compiles (calibration and QAO split, :mod:`lsgq_compiler.distributed`), rank 0 alone writes.
+
 Stages (each timed, with its peak memory; a progress bar over them, quiet without a terminal):
 
 1. ``load``: the model class from ``DIR/config.json`` (``_class_name``), an estimate of the memory
@@ -45,6 +48,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from . import distributed
 from .config import QuantConfig
 from .errors import user_error
 from .fsutil import file_sha256
@@ -411,8 +415,8 @@ class Compiler:
     def measure(self, qm: nn.Module) -> float:
         from .calibration import run_batches
 
-        return sqnr_db(self.ref, run_batches(qm, [((), b) for b in self.held], desc="held-back batches",
-                                             progress=False))
+        db = sqnr_db(self.ref, run_batches(qm, [((), b) for b in self.held], desc="held-back batches", progress=False))
+        return distributed.broadcast_object(db)  # under torchrun: rank 0's, so every rank takes the same next step
 
     def __call__(self, plan: Plan | None) -> tuple[Any, float]:
         from safetensors.torch import load_file, save_file
@@ -420,7 +424,7 @@ class Compiler:
         from .api import compile_quantized
 
         path = self.stages / f"compile-{self._key(plan)}.safetensors"
-        if path.is_file():
+        if distributed.broadcast_object(path.is_file()):  # under torchrun: rank 0 writes, every rank reads
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
@@ -448,6 +452,8 @@ class Compiler:
                                    progress=self.progress)
         db = self.measure(qm)
         self.compiles += 1
+        if not distributed.is_main():
+            return qm, db
         state = {k: v.detach().to("cpu").contiguous() for k, v in qm.quant_state_dict().items()}
         tmp = path.with_suffix(".tmp")
         save_file(state, str(tmp), metadata={"plan": qm.plan.to_json(), "sqnr_db": repr(db),
@@ -634,13 +640,17 @@ def run_quantize(job: QuantizeJob, dtype: torch.dtype = torch.float32) -> dict[s
         key = job.fingerprint(model_id, calib_id)
         stages.mkdir(parents=True, exist_ok=True)
         job_file = stages / "job.json"
-        if job.restart:
+        main = distributed.is_main()  # under torchrun only rank 0 writes; the others follow its decisions
+        if job.restart and main:
             for p in stages.glob("compile-*"):
                 p.unlink()
-        if job_file.is_file() and json.loads(job_file.read_text()).get("key") != key and not job.restart:
+        if distributed.broadcast_object(job_file.is_file() and json.loads(job_file.read_text()).get("key") != key
+                                        and not job.restart):
             raise user_error(f"{out} holds an unfinished run with other arguments (model, calibration or options)",
                              "use another --out, or pass --restart to discard that run")
-        atomic_write_text(job_file, json.dumps({"key": key, "job": dataclasses.asdict(job)}, indent=1, default=str))
+        if main:
+            atomic_write_text(job_file, json.dumps({"key": key, "job": dataclasses.asdict(job)}, indent=1,
+                                                   default=str))
         comp = Compiler(model, calib, held, ref, config, stages, key, job.progress)
         # 3. compile -------------------------------------------------------------------------
         with _stage("compile", log, device, bar) as row:
@@ -678,6 +688,8 @@ def run_quantize(job: QuantizeJob, dtype: torch.dtype = torch.float32) -> dict[s
                 raise user_error(f"the fidelity floor {job.min_fidelity_db} dB is out of reach: {db:.2f} dB with every "
                                  "quantized layer in full precision (other quantized parts, e.g. 8-bit attention, "
                                  "limit it)", "lower --min-fidelity-db, or drop --attention-bits")
+        if not main:  # the other ranks took part in the compiles; rank 0 saves, verifies and reports
+            return {"rank": distributed.world()[0], "sqnr_db": db}
         # 6. save + verify -------------------------------------------------------------------
         ckpt = out / "checkpoint"
         with _stage("save", log, device, bar) as row:
@@ -830,7 +842,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       holdout=args.holdout, options=options, attention_bits=args.attention_bits, seed=args.seed,
                       device=args.device, restart=args.restart,
                       progress=sys.stderr.isatty() if args.progress is None else args.progress)
-    s = run_quantize(job, dtype=getattr(torch, args.dtype))
+    with distributed.from_env(args.device):  # torchrun --nproc-per-node N -m lsgq_compiler.cli quantize ...
+        if not distributed.is_main():
+            job = dataclasses.replace(job, progress=False)
+        s = run_quantize(job, dtype=getattr(torch, args.dtype))
+    if "checkpoint" not in s:  # not rank 0
+        return 0
     print(f"wrote {s['checkpoint']} ({s['checkpoint_bytes'] / 1e6:.3f} MB, model-output SQNR {_fmt_db(s['sqnr_db'])} "
           f"on {s['held_back_batches']} held-back batches) and {Path(args.out) / 'report'}/summary.md")
     return 0
