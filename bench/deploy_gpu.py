@@ -9,23 +9,22 @@ Writes ``bench/results/deploy_gpu.json`` (or ``$OUT/deploy_gpu.json``) with the 
 Variants per model (bf16 always first; speed-ups are ratios within one run):
 - ``bf16``: the diffusers model, torch.compile.
 - ``w8a8-fp8+attn-int8``: torchao FP8 rowwise on every non-kept linear + lsgq::int8_attention, torch.compile.
-- ``lsgquant-cuda-sm90``: the LSGQuant-style plan deployed: each non-kept linear becomes a
-  ``DeployLinear`` (not an nn.Linear): block-Hadamard rotation (128) of its input, int4 weights
-  (groups of 128) x FP8 row activations through ``lsgq::int4_fp8_linear`` (mslk f8i4bf16_shuffled)
-  on the residual, plus a bf16 rank-32 branch; 8-bit attention. Built from a checkpoint of plain
-  tensors (safetensors) written by this script, loaded with the model skeleton on the meta
-  device (no bf16 copy), then torch.compile. Its ``sim`` is the same plan with every linear on
-  the float32 reference of the same numerics (``shuffled=False``), eager.
-Wan2.1-14B: the deployed W4 model only, weights made directly in packed form layer by layer on the
-GPU (each random bf16 weight exists only while it is quantized), eager, peak memory at 14k tokens.
+- ``lsgquant-cuda-sm90``: the user's path end to end (issues #16, #18): the bf16 model saved with
+  diffusers' ``save_pretrained``, 8 calls recorded with ``lsgq_compiler.record_inputs``, then
+  ``lsgq quantize --recipe lsgquant --bits w4a4 --target cuda-sm90 --attention-bits 8`` in a fresh
+  process (its per-stage times and peaks are kept under ``lsgq_quantize``), and the checkpoint
+  loaded with ``lsgq_compiler.from_pretrained`` (no base model), then torch.compile. Layers run
+  what the plan resolved to on sm_90 (int4 x FP8 through ``lsgq::int4_fp8_linear`` = mslk
+  f8i4bf16_shuffled, FP8 rowwise, 8-bit attention); ``kernels`` counts them. SQNR against the
+  simulation is the checkpoint against the compiled fake-quant model on held-back batches.
+Wan2.1-14B: the deployed W4 model only, library ``DeployLinear`` layers whose random weights are made
+and quantized layer by layer on the GPU (no bf16 copy), eager, peak memory at 14k tokens.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
-import math
 import os
 import sys
 import time
@@ -42,61 +41,10 @@ from lsgq_compiler.kernels import deploy_ops as ops  # noqa: E402
 
 RANK = 32
 HBLOCK = 128
-
-
-def hadamard(n: int, device, dtype=torch.bfloat16) -> torch.Tensor:
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return (h / math.sqrt(n)).to(device=device, dtype=dtype)
-
-
-class DeployLinear(nn.Module):
-    """``y = int4_fp8(xH, Q(WH - BA)) + (xH A^T) B^T + bias``; ``x: (..., K)`` -> ``(..., N)``.
-
-    Buffers: qweight int8 (N, K/2) (mslk-shuffled on sm_90), group_scale fp8, row_scale fp32 (N,),
-    lr_a bf16 (r, K), lr_b bf16 (N, r), bias bf16 (N,) or None, had bf16 (128, 128).
-    """
-
-    def __init__(self, w: dict, lr_a: torch.Tensor | None, lr_b: torch.Tensor | None, bias: torch.Tensor | None,
-                 had: torch.Tensor | None) -> None:
-        super().__init__()
-        self.shuffled = bool(w.get("shuffled", False))
-        for k in ("qweight", "group_scale", "row_scale"):
-            self.register_buffer(k, w[k])
-        self.register_buffer("lr_a", lr_a)
-        self.register_buffer("lr_b", lr_b)
-        self.register_buffer("bias", bias)
-        self.register_buffer("had", had, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.had is not None:
-            shp = x.shape
-            x = (x.reshape(*shp[:-1], shp[-1] // HBLOCK, HBLOCK) @ self.had).reshape(shp)
-        y = ops.int4_fp8_linear(x, {"qweight": self.qweight, "group_scale": self.group_scale,
-                                    "row_scale": self.row_scale, "shuffled": self.shuffled}, self.bias)
-        if self.lr_a is not None:
-            y = y + (x @ self.lr_a.t()) @ self.lr_b.t()
-        return y
-
-
-def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, rank: int, rotate: bool) -> dict[str, torch.Tensor]:
-    """Plain checkpoint tensors of one linear (``weight (N, K)`` on the GPU)."""
-    n, k = weight.shape
-    w = weight.float()
-    if rotate:
-        w = (w.reshape(n, k // HBLOCK, HBLOCK) @ hadamard(HBLOCK, w.device, torch.float32)).reshape(n, k)
-    out: dict[str, torch.Tensor] = {}
-    if rank:
-        u, s, v = torch.svd_lowrank(w, q=rank, niter=1)
-        a, b = v.t().contiguous().to(torch.bfloat16), (u * s).contiguous().to(torch.bfloat16)
-        w = w - b.float() @ a.float()
-        out.update(lr_a=a, lr_b=b)
-    codes, scales = ops.quantize_weight_int4_g128(w)
-    out.update(ops.pack_int4_for_cuda(codes, scales))
-    if bias is not None:
-        out["bias"] = bias.detach().to(torch.bfloat16)
-    return out
+#: ``lsgq quantize`` options of the benchmark's LSGQuant run (as ``bench/gpu_scale.py --part calib``):
+#: ``qerror`` sensitivity because ``output_error``'s backward probes at 18k tokens need the
+#: activations of all blocks; per-layer QAO iterations light 30 / full 50.
+QUANT_OPTIONS = {"observe_tokens": 128, "light_iters": 30, "full_iters": 50, "sensitivity": "qerror"}
 
 
 def targets(model: nn.Module) -> list[str]:
@@ -109,65 +57,62 @@ def set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, new)
 
 
-def build_deploy_modules(model: nn.Module, tensors: dict[str, torch.Tensor], names: list[str], device: str,
-                         rotate: bool, shuffle: bool = True) -> None:
-    had = hadamard(HBLOCK, device) if rotate else None
-    for f in names:
-        t = {k[len(f) + 1:]: v for k, v in tensors.items() if k.startswith(f + ".")}
-        w = ops.to_kernel_layout({k: t[k] for k in ("qweight", "group_scale", "row_scale")}, device) if shuffle \
-            else {k: t[k].to(device) for k in ("qweight", "group_scale", "row_scale")} | {"shuffled": False}
-        set_module(model, f, DeployLinear(w, t.get("lr_a"), t.get("lr_b"), t.get("bias"), had))
+def calibration_batches(inputs: dict, n: int, device: str) -> list[dict]:
+    """``n`` calls at the benchmark's shape: fresh latents and text embeddings per call (seeded),
+    the DOVE timestep and rotary tables as in ``inputs``."""
+    g = torch.Generator(device).manual_seed(2)
+    out = []
+    for _ in range(n):
+        b = dict(inputs)
+        for k in ("hidden_states", "encoder_hidden_states"):
+            b[k] = torch.randn(inputs[k].shape, generator=g, device=device, dtype=inputs[k].dtype)
+        out.append(b)
+    return out
 
 
-def make_checkpoint(model: nn.Module, rank: int, rotate: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """All tensors (CPU) of the deployed model: packed linears + every other parameter and buffer."""
-    names = targets(model)
-    tset = set(names)
-    tensors: dict[str, torch.Tensor] = {}
-    for f in names:
-        m = model.get_submodule(f)
-        for k, v in quantize_linear(m.weight, m.bias, rank, rotate).items():
-            tensors[f"{f}.{k}"] = v.cpu()
-    for mod_name, mod in model.named_modules():
-        if mod_name in tset:
-            continue
-        for k, v in list(mod._parameters.items()) + list(mod._buffers.items()):
-            if v is not None:
-                tensors[f"{mod_name}.{k}" if mod_name else k] = v.detach().cpu().contiguous()
-    return tensors, names
+def lsgq_quantize(base: nn.Module, inputs: dict, work: Path, args, device: str) -> dict:
+    """The user's path (issue #18) on ``base``: ``save_pretrained`` to a folder, 8 calls recorded with
+    :func:`lsgq_compiler.record_inputs`, then ``lsgq quantize`` in a fresh process (its own stage
+    times and peaks). Returns its ``summary.json`` plus the folder paths."""
+    import subprocess
 
+    import lsgq_compiler
 
-def load_deployed(name: str, small: bool, path: Path, device: str, rotate: bool, shuffle: bool = True) -> nn.Module:
-    """Skeleton on the meta device, then the checkpoint's tensors assigned (no bf16 copy)."""
-    import diffusers
-    from safetensors.torch import load_file
-
-    spec = gs.CONFIGS[name]
-    cfg = dict(spec["cfg"], **(gs.SMALL[name] if small else {}))
-    with torch.device("meta"):
-        model = getattr(diffusers, spec["cls"])(**cfg).to(torch.bfloat16).eval()
-    tensors = load_file(str(path), device=device)
-    names = json.loads((path.parent / "targets.json").read_text())
-    build_deploy_modules(model, tensors, names, device, rotate, shuffle)
-    tset = set(names)
-    for mod_name, mod in model.named_modules():
-        if mod_name in tset or isinstance(mod, DeployLinear):
-            continue
-        for store in (mod._parameters, mod._buffers):
-            for k in list(store):
-                key = f"{mod_name}.{k}" if mod_name else k
-                if key in tensors:
-                    v = tensors[key]
-                    store[k] = nn.Parameter(v, requires_grad=False) if store is mod._parameters else v
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:
-        raise RuntimeError(f"tensors missing from the checkpoint: {left[:5]}")
-    return model
+    work.mkdir(parents=True, exist_ok=True)
+    folder, calib, qout = work / "model", work / "calib.safetensors", work / "quantized"
+    t0 = time.perf_counter()
+    base.save_pretrained(str(folder), safe_serialization=True)
+    save_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with lsgq_compiler.record_inputs(base, calib, max_calls=args.calib_batches), torch.no_grad():
+        for b in calibration_batches(inputs, args.calib_batches, device):
+            base(**b, return_dict=False)
+    record_s = time.perf_counter() - t0
+    target = "cuda-sm90" if device == "cuda" else "sim"
+    cmd = [sys.executable, "-m", "lsgq_compiler.cli", "quantize", "--model", str(folder), "--calib", str(calib),
+           "--recipe", "lsgquant", "--bits", "w4a4", "--target", target, "--dtype", "bfloat16",
+           "--attention-bits", "8", "--out", str(qout), "--options", json.dumps(QUANT_OPTIONS), "--no-progress",
+           "--restart"]
+    if device != "cuda":
+        cmd.remove("--attention-bits"), cmd.remove("8")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"lsgq quantize failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    summary = json.loads((qout / "report" / "summary.json").read_text())
+    summary.update(command="lsgq " + " ".join(cmd[3:]), wall_s=round(wall, 1), save_model_folder_s=round(save_s, 1),
+                   record_calibration_s=round(record_s, 1), checkpoint_dir=str(qout / "checkpoint"),
+                   report_md=(qout / "report" / "summary.md").read_text())
+    return summary
 
 
 def gpu_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters, buffers and deploy layers' kernel layouts (each storage once)."""
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    packed = [t for m in model.modules() for t in (getattr(m, "_packed", None) or {}).values()
+              if isinstance(t, torch.Tensor)]
+    for t in list(model.parameters()) + list(model.buffers()) + packed:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
@@ -256,6 +201,9 @@ def part_ops(device: str) -> dict:
 def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = None) -> dict:
     from torchao.quantization import quantize_
 
+    import lsgq_compiler
+    from lsgq_compiler.deploy.module_form import deploy_report
+
     base, inputs, tokens = gs.build(name, args.small, device)
     n_params = sum(p.numel() for p in base.parameters())
     out = {} if out is None else out
@@ -275,27 +223,94 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
              peak_mem_gib=peak_gib(device), linears="bf16", attention="sdpa bf16")
     V["bf16"] = r
     bms = r["median_ms"]
-    print(f"{name} bf16 {bms} ms", flush=True)
+    stamp(f"{name} bf16 {bms} ms")
     SAVE()
     del cb
     torch._dynamo.reset()
 
-    # checkpoint of the deployed plan (from the bf16 weights), then free the bf16 model
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        tensors, names = make_checkpoint(base, RANK, rotate=True)
-    ckdir.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
+    want = set(args.variants.split(","))
+    # the user's path: model folder -> recorded calibration -> `lsgq quantize` -> deploy checkpoint
+    q = lsgq_quantize(base, inputs, ckdir, args, device) if "deployed" in want else {"stages": [], "wall_s": 0,
+                                                                                     "checkpoint_bytes": 0}
+    if "deployed" in want:
+        out["lsgq_quantize"] = {k: v for k, v in q.items() if k not in ("config",)}
+    stamp(f"{name} lsgq quantize: {q['wall_s']} s, checkpoint {q['checkpoint_bytes'] / 1e9:.2f} GB")
+    for row in q["stages"]:
+        print(f"  {row['stage']:<12} {row['time_s']:>8.1f} s  peak GPU {row.get('peak_gpu_gib', '-')} GiB", flush=True)
+    SAVE()
 
-    ck = ckdir / "model.safetensors"
-    save_file(tensors, str(ck))
-    (ckdir / "targets.json").write_text(json.dumps(names))
-    quant_s = round(time.perf_counter() - t0, 1)
-    del tensors
+    base.to("cpu")  # parked: the deployed model's peak is measured alone
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
+    # deployed: lsgq_compiler.from_pretrained(checkpoint) -- no base model, no calibration
+    tag = "lsgquant-" + ("cuda-sm90" if device == "cuda" else "sim")
+    ck = Path(q.get("checkpoint_dir", "."))
+    try:
+        if "deployed" not in want:
+            raise LookupError("not asked for (--variants)")
+        reset_peak(device)
+        base_alloc = torch.cuda.memory_allocated() if device == "cuda" else 0
+        t0 = time.perf_counter()
+        dm = lsgq_compiler.from_pretrained(ck, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        load_s = time.perf_counter() - t0
+        rows = deploy_report(dm)
+        kernels: dict[str, int] = {}
+        for row in rows:
+            key = f"{row['kind']}: {row['kernel']}" + ("" if row["real_kernel"] else " (not a real kernel)")
+            kernels[key] = kernels.get(key, 0) + 1
+        stamp(f"{name} deployed loaded in {load_s:.1f} s; {kernels}")
+        with torch.no_grad():
+            eager = gs.timed(call(dm), 3, device)
+        V[tag + "-eager"] = {"median_ms": round(sorted(eager)[1], 2), "all_ms": [round(t, 2) for t in eager],
+                             "speedup_vs_bf16_compile": round(bms / sorted(eager)[1], 3), "load_s": round(load_s, 2),
+                             "peak_mem_gib": peak_gib(device), "weight_bytes_gpu": gpu_bytes(dm)}
+        stamp(f"{name} deployed eager {V[tag + '-eager']['median_ms']} ms")
+        SAVE()
+        reset_peak(device)
+        t0 = time.perf_counter()
+        cd = torch.compile(dm)
+        with torch.no_grad():
+            o = cd(**inputs, return_dict=False)[0].float()
+            r = bench_call(call(cd), args.iters, device)
+        verify = q.get("verify") or {}
+        r.update(compile_and_warmup_s=round(time.perf_counter() - t0, 1), load_s=round(load_s, 2),
+                 checkpoint_bytes=q["checkpoint_bytes"], weight_bytes_gpu=gpu_bytes(dm),
+                 peak_mem_gib=peak_gib(device),
+                 peak_mem_gib_above_start=round((torch.cuda.max_memory_allocated() - base_alloc) / 2**30, 3)
+                 if device == "cuda" else None,
+                 sqnr_vs_bf16_db=round(gs.sqnr(ref, o), 2), speedup_vs_bf16_compile=round(bms / r["median_ms"], 3),
+                 sqnr_vs_sim_db=verify.get("sqnr_vs_compiled_db"),
+                 sqnr_vs_sim_note="checkpoint loaded by from_pretrained vs the compiled QuantizedModel (the plan's "
+                                  "fake-quant simulation on the target's grids), held-back calibration batches, "
+                                  "measured by lsgq quantize's verify stage",
+                 kernels=kernels, deploy_layers=len(rows),
+                 built_from="lsgq quantize -> lsgq_compiler.from_pretrained (deploy checkpoint)")
+        V[tag] = r
+        SAVE()
+        stamp(f"{name} deployed {r['median_ms']} ms  peak {r['peak_mem_gib']} GiB  {r['sqnr_vs_bf16_db']} dB")
+        del cd, dm
+        torch._dynamo.reset()
+    except LookupError:
+        pass
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        V[tag] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        SAVE()
     # FP8 W8A8 (torchao) + 8-bit attention, compiled
-    if not args.skip_fp8:
+    base.to(device)
+    if args.skip_fp8 or device != "cuda" or "fp8" not in want:
+        pass
+    elif time.perf_counter() - T0 > args.budget_s:
+        V["w8a8-fp8+attn-int8"] = {"skipped": "time budget of this run"}
+    else:
         try:
+            stamp(f"{name} fp8+attn8: quantize_ and compile")
             quantize_(base, gs.torchao_config("fp8"), filter_fn=gs.linear_filter)
             reset_peak(device)
             t0 = time.perf_counter()
@@ -308,74 +323,26 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
                      linears="torchao Float8DynamicActivationFloat8WeightConfig(PerRow) (_scaled_mm)",
                      attention="lsgq::int8_attention (Triton)", speedup_vs_bf16_compile=round(bms / r["median_ms"], 3))
             V["w8a8-fp8+attn-int8"] = r
-            print(f"{name} fp8+attn8 {r['median_ms']} ms", flush=True)
+            stamp(f"{name} fp8+attn8 {r['median_ms']} ms")
             del cf
         except Exception as e:
             V["w8a8-fp8+attn-int8"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         torch._dynamo.reset()
+    fp8, dep = V.get("w8a8-fp8+attn-int8", {}).get("median_ms"), V.get(tag, {}).get("median_ms")
+    if fp8 and dep:
+        V[tag]["speed_vs_fp8_attn8"] = round(fp8 / dep, 3)
     del base
     gc.collect()
-    torch.cuda.empty_cache()
-
-    # deployed from the checkpoint
-    tag = "lsgquant-cuda-sm90"
-    try:
-        reset_peak(device)
-        base_alloc = torch.cuda.memory_allocated() if device == "cuda" else 0
-        t0 = time.perf_counter()
-        dm = load_deployed(name, args.small, ck, device, rotate=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        load_s = time.perf_counter() - t0
-        print(f"{name} deployed loaded in {load_s:.1f} s", flush=True)
-        with gs.int8_attention_override(), torch.no_grad():
-            eager = gs.timed(call(dm), 3, device)
-        V[tag + "-eager"] = {"median_ms": round(sorted(eager)[1], 2), "all_ms": [round(t, 2) for t in eager],
-                             "speedup_vs_bf16_compile": round(bms / sorted(eager)[1], 3), "load_s": round(load_s, 2),
-                             "peak_mem_gib": peak_gib(device), "weight_bytes_gpu": gpu_bytes(dm),
-                             "checkpoint_bytes": ck.stat().st_size}
-        print(f"{name} deployed eager {V[tag + '-eager']}", flush=True)
-        SAVE()
-        t0 = time.perf_counter()
-        cd = torch.compile(dm)
-        with gs.int8_attention_override(), torch.no_grad():
-            o = cd(**inputs, return_dict=False)[0].float()
-            r = bench_call(call(cd), args.iters, device)
-        r.update(compile_and_warmup_s=round(time.perf_counter() - t0, 1), load_s=round(load_s, 2),
-                 quantize_and_save_s=quant_s, checkpoint_bytes=ck.stat().st_size, weight_bytes_gpu=gpu_bytes(dm),
-                 peak_mem_gib=peak_gib(device),
-                 peak_mem_gib_above_start=round((torch.cuda.max_memory_allocated() - base_alloc) / 2**30, 3)
-                 if device == "cuda" else None,
-                 sqnr_vs_bf16_db=round(gs.sqnr(ref, o), 2), speedup_vs_bf16_compile=round(bms / r["median_ms"], 3),
-                 quantized_linears=len(names), rank=RANK, rotation=f"block Hadamard {HBLOCK} (online, bf16 matmul)",
-                 linears=ops.available_kernels(device)["int4_fp8_linear"], attention="lsgq::int8_attention (Triton)",
-                 built_from="this script's safetensors checkpoint (plain tensors; lsgq_compiler.deploy not used)")
-        fp8 = V.get("w8a8-fp8+attn-int8", {}).get("median_ms")
-        if fp8:
-            r["speed_vs_fp8_attn8"] = round(fp8 / r["median_ms"], 3)
-        V[tag] = r
-        SAVE()
-        print(f"{name} deployed {r['median_ms']} ms  peak {r['peak_mem_gib']} GiB  {r['sqnr_vs_bf16_db']} dB", flush=True)
-        del cd, dm
-        torch._dynamo.reset()
-        gc.collect()
+    if device == "cuda":
         torch.cuda.empty_cache()
-        sim = load_deployed(name, args.small, ck, device, rotate=True, shuffle=False)
-        with gs.int8_attention_override(), torch.no_grad():
-            os_ = sim(**inputs, return_dict=False)[0].float()
-        r["sqnr_vs_sim_db"] = round(gs.sqnr(os_, o), 2)
-        r["sim"] = "same plan, every linear on the float32 reference of the kernel's numerics (shuffled=False), eager"
-        r["sim_sqnr_vs_bf16_db"] = round(gs.sqnr(ref, os_), 2)
-        del sim
-    except Exception as e:
-        import traceback
-
-        traceback.print_exc()
-        V[tag] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-        SAVE()
-    gc.collect()
-    torch.cuda.empty_cache()
     return out
+
+
+T0 = time.perf_counter()  # the run's start (the --budget-s guard)
+
+
+def stamp(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", flush=True)
 
 
 def SAVE() -> None:  # replaced in main(): write the results so far
@@ -383,8 +350,14 @@ def SAVE() -> None:  # replaced in main(): write the results so far
 
 
 def part_wan14b(args, device: str) -> dict:
-    """Wan2.1-14B config, deployed W4 weights made directly in packed form on the GPU; eager at 14k tokens."""
+    """Wan2.1-14B config: every planned linear a :class:`lsgq_compiler.deploy.modules.DeployLinear`
+    (int4 x FP8, rank-32 bf16 branch, block-Hadamard 128), its random weights made per layer on the
+    GPU and quantized at once (no bf16 copy of the model, no calibration: a memory and speed check,
+    not a quality one); 8-bit attention processors; eager at 14k tokens."""
     import diffusers
+
+    from lsgq_compiler.deploy.module_form import apply_attention
+    from lsgq_compiler.deploy.modules import DeployLinear, pack_nibbles
 
     cfg = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
                text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40)
@@ -400,18 +373,24 @@ def part_wan14b(args, device: str) -> dict:
     names = targets(model)
     tset = set(names)
     g = torch.Generator(device).manual_seed(0)
-    had = hadamard(HBLOCK, device)
+    kind = "int4_fp8" if device == "cuda" else "int4_weight"
     for f in names:
         m = model.get_submodule(f)
         n, k = m.out_features, m.in_features
-        w = (torch.rand(n, k, generator=g, device=device, dtype=torch.bfloat16) * 2 - 1) * k ** -0.5
-        b = (torch.rand(n, generator=g, device=device, dtype=torch.bfloat16) * 2 - 1) * k ** -0.5 if m.bias is not None \
-            else None
-        t = quantize_linear(w, b, RANK, rotate=True)
-        del w
-        set_module(model, f, DeployLinear(ops.to_kernel_layout({kk: t[kk] for kk in ("qweight", "group_scale",
-                                                                                      "row_scale")}, device),
-                                          t.get("lr_a"), t.get("lr_b"), t.get("bias"), had))
+        lcfg = {"kind": kind, "in_features": k, "out_features": n, "bias": m.bias is not None, "rank": RANK,
+                "rot_block": HBLOCK, "smooth": False, "dtype": "bfloat16"}
+        d = DeployLinear(lcfg, device=device)
+        w = (torch.rand(n, k, generator=g, device=device) * 2 - 1) * k ** -0.5
+        u, sv, v = torch.svd_lowrank(w, q=RANK, niter=1)
+        d.lr_down, d.lr_up = v.t().contiguous().to(torch.bfloat16), (u * sv).contiguous().to(torch.bfloat16)
+        codes, scales = ops.quantize_weight_int4_g128(w - d.lr_up.float() @ d.lr_down.float())
+        del w, u, sv, v
+        d.qweight, d.scales = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8)), scales
+        d.rot_signs = torch.randint(0, 2, (k,), generator=g, device=device).to(torch.bfloat16) * 2 - 1
+        if m.bias is not None:
+            d.bias = ((torch.rand(n, generator=g, device=device) * 2 - 1) * k ** -0.5).to(torch.bfloat16)
+        d.prepare()
+        set_module(model, f, d)
     for mod_name, mod in model.named_modules():
         if mod_name in tset or isinstance(mod, DeployLinear):
             continue
@@ -426,7 +405,10 @@ def part_wan14b(args, device: str) -> dict:
             if v is not None and v.is_meta:
                 key = f"{mod_name}.{k}" if mod_name else k
                 mod._buffers[k] = tiny[key].to(device)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        apply_attention(model, {n_: {"min_kv": 256} for n_, mm in model.named_modules()
+                                if hasattr(mm, "set_processor") and ".attn1" in n_ + "."})
+        torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
     wbytes = gpu_bytes(model)
     n_bf16 = sum(p.numel() for p in model.parameters())
@@ -438,14 +420,15 @@ def part_wan14b(args, device: str) -> dict:
                   encoder_hidden_states=torch.randn(1, 226 if not args.small else 16, cfg["text_dim"], generator=gi,
                                                     device=device, dtype=torch.bfloat16),
                   timestep=torch.tensor([399], device=device))
-    torch.cuda.reset_peak_memory_stats()
-    with gs.int8_attention_override(), torch.no_grad():
+    reset_peak(device)
+    with torch.no_grad():
         r = bench_call(lambda: model(**inputs, return_dict=False), max(2, args.iters // 2), device)
         o = model(**inputs, return_dict=False)[0]
     r.update(model="wan-14b", video_tokens=lt * (lh // 2) * (lw // 2), build_s=round(build_s, 1),
              weight_bytes_gpu=wbytes, bf16_params_outside_deploy_linears=n_bf16, quantized_linears=len(names),
              peak_mem_gib=peak_gib(device), finite=bool(torch.isfinite(o).all()), compiled="eager",
-             weights="random, made per layer on the GPU and packed at once (no bf16 copy of the model)")
+             layers=f"lsgq_compiler.deploy DeployLinear ({kind}, rank {RANK}, Hadamard {HBLOCK}); 8-bit self-attention",
+             weights="random, made per layer on the GPU and quantized at once (no bf16 copy of the model)")
     print(f"wan-14b deployed eager {r['median_ms']} ms  peak {r['peak_mem_gib']} GiB  weights {wbytes / 1e9:.2f} GB",
           flush=True)
     return r
@@ -467,6 +450,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--skip-fp8", action="store_true")
+    ap.add_argument("--variants", default="deployed,fp8", help="of each model besides bf16: deployed, fp8")
+    ap.add_argument("--calib-batches", type=int, default=8, help="recorded calibration calls per model (8)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip parts that start after this many seconds")
     ap.add_argument("--ckdir", default="/tmp/lsgq_deploy_ck")
     ap.add_argument("--out", default="bench/results")
@@ -481,7 +466,7 @@ def main() -> None:
         res["mslk"] = getattr(mslk, "__version__", "?")
     except Exception as e:
         res["mslk"] = f"missing: {e}"
-    t_start = time.perf_counter()
+    t_start = T0
     global SAVE
     SAVE = lambda: write(res, args)  # noqa: E731
     for part in args.parts.split(","):

@@ -54,3 +54,43 @@ def rotate(x: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
 def unrotate(y: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
     """``y R^T`` (the inverse of :func:`rotate`). y: ``(..., K)``."""
     return fwht(y, block) * signs.to(device=y.device, dtype=y.dtype)
+
+
+_SYLVESTER: dict[tuple[int, str, torch.dtype], torch.Tensor] = {}
+
+
+def sylvester(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The unnormalised ``(n, n)`` Sylvester Hadamard matrix of +-1 (``n`` a power of two), cached
+    per device and dtype: the matrix :func:`fwht` applies (times ``n ** -0.5``)."""
+    key = (n, str(device), dtype)
+    if key not in _SYLVESTER:
+        h = torch.ones(1, 1)
+        while h.shape[0] < n:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        _SYLVESTER[key] = h.to(device=device, dtype=dtype)
+    return _SYLVESTER[key]
+
+
+def rotate_matmul(x: torch.Tensor, signs: torch.Tensor, block: int, inner: int = 128) -> torch.Tensor:
+    """:func:`rotate` as tensor-core matmuls, for GPUs: ``H_block = H_a (x) H_b`` (Sylvester matrices
+    are Kronecker products), so each block of ``x``, viewed as an ``(a, b)`` matrix ``X``, becomes
+    ``H_a X H_b``: two small matmuls with +-1 matrices (exact in bf16) instead of ``log2(block)``
+    memory-bound butterfly passes. Same map as :func:`rotate` up to rounding (exact in float64).
+
+    Args:
+        x: ``(..., K)``, ``K % block == 0``.
+        signs: ``(K,)`` of +-1.
+        block: power of two.
+        inner: ``b``, the width of the inner matmul (``a = block / b``).
+    Returns:
+        ``(..., K)`` in ``x.dtype``.
+    """
+    k = x.shape[-1]
+    lead = x.shape[:-1]
+    b = min(block, inner)
+    a = block // b
+    y = (x * signs.to(device=x.device, dtype=x.dtype)).reshape(-1, k // block, a, b)
+    y = y @ sylvester(b, x.device, x.dtype)
+    if a > 1:
+        y = sylvester(a, x.device, x.dtype) @ y
+    return (y * (block ** -0.5)).reshape(*lead, k)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsgq_compiler.hadamard import rotate
+from lsgq_compiler.hadamard import rotate, rotate_matmul
 from lsgq_compiler.quantizers import ActQuant
 
 from . import numerics as nx
@@ -176,6 +176,7 @@ class DeployLinear(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def _codes_int4(self) -> torch.Tensor:
+        self._check_not_released()
         return unpack_nibbles(self.qweight, self.in_features).to(torch.int16).sub(8).to(torch.int8)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -196,9 +197,12 @@ class DeployLinear(nn.Module):
         q = codes.reshape(n, g, kk // g).float()
         return ((q - self.w_zero.float()[..., None]) * self.w_scale[..., None]).reshape(n, kk)
 
-    def prepare(self) -> None:
-        """Build the kernel layout on this module's device (CUDA); a no-op on the CPU."""
-        if self.kind not in ("int4_fp8", "int4_weight") or self.scales.device.type != "cuda":
+    def prepare(self, release: bool = True) -> None:
+        """Build the kernel layout on this module's device (CUDA); a no-op on the CPU.
+
+        ``release``: drop the stored codes afterwards (the kernel layout is a second copy of the
+        same weights); the layer then runs but cannot be saved or dequantized again."""
+        if self._packed is not None or self.kind not in ("int4_fp8", "int4_weight") or self.scales.device.type != "cuda":
             return
         from lsgq_compiler.kernels import deploy_ops as ops
 
@@ -207,6 +211,26 @@ class DeployLinear(nn.Module):
             self._packed = ops.to_kernel_layout(ops.pack_int4_for_cuda(codes, self.scales), self.scales.device)
         else:
             self._packed = {"qweight": ops.pack_int4(codes), "scales": self.scales}
+        del codes
+        if release:  # the kernel layout replaces the stored codes: one copy of the weights on the GPU
+            empty = self.qweight.new_empty((0,))
+            self.qweight = empty
+            if self.kind == "int4_fp8":
+                self.scales = self.scales.new_empty((0,))
+            self._released = True
+
+    def _check_not_released(self) -> None:
+        if getattr(self, "_released", False):
+            from lsgq_compiler.errors import user_error
+
+            raise user_error(f"this {self.kind} layer holds only its GPU kernel layout (the stored int4 codes were "
+                             "released by prepare() to keep one copy of the weights)",
+                             "load the checkpoint again (lsgq_compiler.from_pretrained(..., device='cpu')) to read "
+                             "or save its weights")
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        self._check_not_released()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     # ------------------------------------------------------------------ forward
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,8 +263,8 @@ class DeployLinear(nn.Module):
         y_lr = None
         if self.lr_down is not None:
             y_lr = F.linear(F.linear(x, self.lr_down.to(x.dtype)), self.lr_up.to(x.dtype))
-        if self.rot_block:
-            x = rotate(x, self.rot_signs, self.rot_block)
+        if self.rot_block:  # on GPUs as two small tensor-core matmuls; on the CPU the butterflies of the fake-quant model
+            x = (rotate_matmul if x.is_cuda else rotate)(x, self.rot_signs, self.rot_block)
         y = self._gemm(x)
         return y if y_lr is None else y + y_lr
 

@@ -110,3 +110,30 @@ def test_cuda_ops_match_reference():
     wq, ws = ops.quantize_weight_fp8_row(w)
     assert sqnr(ops.quantize_act_fp8_row(x) @ (wq.float() * ws[:, None]).t() + b,
                 ops.fp8_linear(x, wq, ws, b).float()) >= 40.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_prepare_keeps_one_copy_of_the_weights_on_the_gpu():
+    """DeployLinear.prepare() on CUDA: the kernel layout replaces the stored int4 codes (one copy of
+    the weights), the output is unchanged, and reading or saving the released codes is refused."""
+    from lsgq_compiler.deploy.modules import DeployLinear, pack_nibbles
+
+    x, w, b = _data(m=64, k=256, n=128)
+    codes, scales = ops.quantize_weight_int4_g128(w)
+    cfg = {"kind": "int4_fp8", "in_features": 256, "out_features": 128, "bias": True, "rank": 0, "rot_block": 0,
+           "smooth": False, "dtype": "bfloat16"}
+    m = DeployLinear(cfg, device="cuda")
+    m.qweight = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8)).cuda()
+    m.scales, m.bias = scales.cuda(), b.to(torch.bfloat16).cuda()
+    ref = m.dequantized_weight()
+    m.prepare(release=False)
+    y_kept = m(x.cuda())
+    m._packed = None
+    m.prepare()
+    assert m.qweight.numel() == 0 and m.scales.numel() == 0
+    assert torch.equal(m(x.cuda()), y_kept)
+    assert sqnr(x.float() @ ref.cpu().t() + b, y_kept.float().cpu()) >= 25.0  # FP8 activations x int4 g128
+    with pytest.raises(ValueError, match="kernel layout"):
+        m.state_dict()
+    with pytest.raises(ValueError, match="kernel layout"):
+        m.dequantized_weight()
