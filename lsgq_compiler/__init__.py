@@ -43,12 +43,14 @@ def from_pretrained(directory, *args, **kwargs):
 
 
 def save_quantized(qm, directory, *args, **kwargs):
-    """See :func:`lsgq_compiler.backends.artifacts.save_quantized`."""
+    """:func:`save_pretrained` under its older name (the deploy checkpoint is the one format).
+    See :func:`lsgq_compiler.backends.artifacts.save_quantized`."""
     from .backends.artifacts import save_quantized as save
     return save(qm, directory, *args, **kwargs)
 
 
-def load_quantized(directory, model, example_inputs, **kwargs):
-    """See :func:`lsgq_compiler.backends.artifacts.load_quantized`."""
+def load_quantized(directory, model=None, example_inputs=None, **kwargs):
+    """:func:`from_pretrained` under its older name; ``model`` only names the class, ``example_inputs``
+    is not used. See :func:`lsgq_compiler.backends.artifacts.load_quantized`."""
     from .backends.artifacts import load_quantized as load
     return load(directory, model, example_inputs, **kwargs)

@@ -4,7 +4,10 @@
 
 - ``config.json``: the model's diffusers config plus ``quantization_config``: ``quant_method:
   "lsgq"``, ``format_version``, ``target``, per-layer deploy configs (kind, shapes, rank, Hadamard
-  block, ...), attention decisions, the plan, and the sha256 of every weights file;
+  block, ...), attention decisions, the plan, the sha256 of every weights file, and
+  ``strides`` of the tensors that were not contiguous (restored on load, like 64-byte alignment:
+  CPU GEMMs round by memory layout, so the loaded model computes what the saved one did), and
+  ``config_sha256`` over the rest of ``config.json`` (an edited plan or layer config is refused);
 - ``diffusion_pytorch_model.safetensors`` (or numbered shards with an ``.index.json``): plain
   tensors only (packed int4 codes as uint8, scales, FP8/int8 weights, bf16 low-rank factors,
   the model's full-precision tensors), never pickles or tensor subclasses,
@@ -15,6 +18,7 @@ layers and assigns the stored tensors: no base model, no calibration, no full-pr
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,13 +31,14 @@ from lsgq_compiler.errors import user_error
 from lsgq_compiler.fsutil import file_sha256, write_folder
 
 from .module_form import (FORMAT_VERSION, QUANT_METHOD, apply_attention, build_skeleton_layers, cast_float,
-                          is_module_form, prepare, to_module_form)
+                          is_module_form, prepare, source_model, to_module_form)
 from .targets import KINDS, TARGETS, check_device
 
 CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
 _PRIVATE = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "quantization_config")
+LEGACY_MANIFEST = "lsgq.json"  # the artifact format of earlier save_quantized versions (no longer read)
 
 
 class CheckpointError(ValueError):
@@ -44,13 +49,18 @@ def _fail(d: Path, what: str, todo: str) -> CheckpointError:
     return user_error(f"checkpoint {d}: {what}", todo, CheckpointError)
 
 
+def _config_sha256(cfg: dict[str, Any]) -> str:
+    """sha256 of ``config.json``'s content apart from this checksum (canonical JSON)."""
+    qc = {k: v for k, v in cfg.get("quantization_config", {}).items() if k != "config_sha256"}
+    return hashlib.sha256(json.dumps({**cfg, "quantization_config": qc}, sort_keys=True).encode()).hexdigest()
 
 
 def _model_config(model: nn.Module) -> dict[str, Any]:
     if not hasattr(model, "to_json_string") or not hasattr(model, "config"):
-        raise user_error(f"{type(model).__name__} is not a diffusers model (no .config)",
-                         "save_pretrained writes diffusers component folders: quantize a diffusers ModelMixin "
-                         "(e.g. WanTransformer3DModel)", TypeError)
+        raise user_error(f"{type(model).__name__} is not a diffusers model (no .config), and a checkpoint is a "
+                         "diffusers component folder", "quantize a diffusers ModelMixin (e.g. WanTransformer3DModel); "
+                         "for another nn.Module keep qm.plan.save(path) and qm.quant_state_dict(), and rebuild with "
+                         "compile_quantized(model, inputs, config, plan=..., quant_state=...)", TypeError)
     cfg = json.loads(model.to_json_string())
     cfg["_class_name"] = type(model).__name__
     return cfg
@@ -85,17 +95,23 @@ def save_pretrained(obj: Any, directory: str | os.PathLike, model: nn.Module | N
     """
     from safetensors.torch import save_file
 
+    if not is_module_form(obj):
+        _model_config(source_model(obj, model))  # refuse a non-diffusers model before copying it
     module = obj if is_module_form(obj) else to_module_form(obj, model)
     qc = dict(module._lsgq_quantization_config)
     cfg = _model_config(module)
     tensors: dict[str, torch.Tensor] = {}
     seen: dict[int, str] = {}
+    strides: dict[str, list[int]] = {}
     for k, v in module.state_dict().items():
         t = v.detach().cpu()
         if t.data_ptr() in seen and t.numel():  # tied tensors: safetensors stores each once per name
             t = t.clone()
         seen[t.data_ptr()] = k
+        if not t.is_contiguous() and _dense(t):  # e.g. SVD factors: CPU GEMMs round by memory layout
+            strides[k] = list(t.stride())
         tensors[k] = t.contiguous()
+    qc["strides"] = strides
     shards = _shards(tensors, max_shard_bytes)
     names = [WEIGHTS] if len(shards) == 1 else \
         [f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
@@ -112,6 +128,7 @@ def save_pretrained(obj: Any, directory: str | os.PathLike, model: nn.Module | N
         qc["files"] = files
         qc["num_tensors"] = len(tensors)
         cfg["quantization_config"] = qc
+        qc["config_sha256"] = _config_sha256(cfg)
         (stage / CONFIG).write_text(json.dumps(cfg, indent=1))
 
     d = write_folder(Path(directory), write, owned_files=_owned_files, kind="lsgq checkpoint")
@@ -119,7 +136,10 @@ def save_pretrained(obj: Any, directory: str | os.PathLike, model: nn.Module | N
 
 
 def _owned_files(folder: Path) -> list[str] | None:
-    """The files an existing lsgq checkpoint folder wrote (from its config.json), or None if it is not one."""
+    """The files an existing lsgq checkpoint folder wrote (from its config.json), or None if it is not one.
+    An artifact of the earlier format is ours too: a save replaces it."""
+    if not (folder / CONFIG).exists():
+        return _legacy_artifact_files(folder)
     try:
         qc = json.loads((folder / CONFIG).read_text()).get("quantization_config", {})
     except (OSError, ValueError, AttributeError):
@@ -130,9 +150,29 @@ def _owned_files(folder: Path) -> list[str] | None:
     return [CONFIG, *files] + ([INDEX] if len(files) > 1 else [])
 
 
+def _legacy_artifact_files(folder: Path) -> list[str] | None:
+    """The files an artifact of the earlier ``save_quantized`` format wrote (``lsgq.json`` names them), or None."""
+    try:
+        man = json.loads((folder / LEGACY_MANIFEST).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(man, dict) or man.get("format") != "lsgq-quantized":
+        return None
+    files = man.get("files", [LEGACY_MANIFEST, man.get("weights")])
+    if not isinstance(files, list) or not all(isinstance(f, str) and f and Path(f).name == f for f in files):
+        return None
+    return sorted({*files, LEGACY_MANIFEST})
+
+
 def read_config(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(model config, quantization_config)`` of a checkpoint folder, validated."""
     d = Path(directory)
+    if d.is_file():
+        raise _fail(d, "is a file, not a checkpoint folder", f"pass the folder save_pretrained wrote (it holds {CONFIG})")
+    if not (d / CONFIG).is_file() and _legacy_artifact_files(d) is not None:
+        raise _fail(d, f"is an artifact of the earlier save_quantized format ({LEGACY_MANIFEST}), which this "
+                    "lsgq-compiler no longer reads", "compile the model again and save it with save_quantized or "
+                    "save_pretrained (a checkpoint that loads without the base model)")
     if not (d / CONFIG).is_file():
         raise _fail(d, f"has no {CONFIG}", "pass a folder written by lsgq_compiler.save_pretrained")
     try:
@@ -147,6 +187,10 @@ def read_config(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
     if not isinstance(v, int) or v > FORMAT_VERSION:
         raise _fail(d, f"format version {v!r} is newer than this lsgq-compiler reads ({FORMAT_VERSION})",
                     "upgrade lsgq-compiler (pip install -U lsgq-compiler)")
+    if v >= 2 and qc.get("config_sha256") != _config_sha256(cfg):
+        raise _fail(d, f"{CONFIG} fails its checksum (config_sha256): its plan, layer configs or model config "
+                    "were edited", "re-save it with save_pretrained; to change a plan, edit Plan.save's JSON and "
+                    "compile again")
     if qc.get("target") not in TARGETS:
         raise _fail(d, f"unknown target {qc.get('target')!r}", "upgrade lsgq-compiler")
     return cfg, qc
@@ -219,9 +263,12 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     state: dict[str, torch.Tensor] = {}
     for fname in files:
         try:
-            state.update(load_file(str(d / fname), device="cpu" if dev.type != "cuda" else str(dev)))
+            loaded = load_file(str(d / fname), device="cpu" if dev.type != "cuda" else str(dev))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise _fail(d, f"{fname} is not readable safetensors ({str(e)[:120]})", "re-save it") from None
+        state.update(loaded)
+    for k, t in state.items():
+        state[k] = _laid_out(t, qc.get("strides", {}).get(k), d, k)
     if len(state) != qc.get("num_tensors", len(state)):
         raise _fail(d, f"has {len(state)} tensors, config.json says {qc['num_tensors']}", "re-save it")
     model = build_empty(cls, cfg, qc)
@@ -241,6 +288,24 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     prepare(model)
     model._lsgq_quantization_config = qc
     return model.eval()
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s strides are a permutation of a contiguous layout (no gaps, no overlaps)."""
+    order = sorted(range(t.dim()), key=lambda i: -t.stride(i))
+    return t.permute(order).is_contiguous()
+
+
+def _laid_out(t: torch.Tensor, stride: list[int] | None, d: Path, key: str) -> torch.Tensor:
+    """A stored tensor in the memory the saved model computed with: the recorded ``stride`` (else
+    contiguous), 64-byte aligned. CPU GEMMs round differently on other layouts and on unaligned
+    memory (safetensors' CPU tensors lie at 8-byte offsets), so this makes the loaded model compute
+    what the saved one did."""
+    if stride is not None:
+        if len(stride) != t.dim() or not _dense(torch.empty_strided(t.shape, stride, device="meta")):
+            raise _fail(d, f"the recorded strides of {key} do not fit its shape {tuple(t.shape)}", "re-save it")
+        return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
+    return t if t.device.type != "cpu" or t.data_ptr() % 64 == 0 else t.clone()
 
 
 def build_empty(cls: type, cfg: dict[str, Any], qc: dict[str, Any]) -> nn.Module:

@@ -5,10 +5,17 @@ quantized linear of the plan by a :class:`~.modules.DeployLinear` holding the co
 tensors (packed codes, scales, low-rank factors, smoothing, Hadamard signs) and wraps each
 quantized attention layer's processor (diffusers ``set_processor``) in an 8-bit one. No graph
 and no ``torch.export``: it runs at any input shape and under ``torch.compile``.
+
+Simulated (``sim``) layers reproduce the compiled layer exactly: their low-rank factors keep the
+compiled precision, a learned output bias (LBA, quantvsr) is folded into the bias, and an
+activation quantizer that :class:`DeployLinear` does not describe itself (the peer recipes'
+learnable, clipped or per-channel static ones) is stored as its class name, scalar attributes
+and tensors (:func:`quantizer_config` / :func:`build_quantizer`).
 """
 from __future__ import annotations
 
 import copy
+import importlib
 from typing import Any
 
 import torch
@@ -18,10 +25,9 @@ from lsgq_compiler.errors import user_error
 
 from .modules import DeployLinear, int8_processor
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json checksum; sim layers with lowrank_dtype and stored quantizers
 QUANT_METHOD = "lsgq"
-UNSUPPORTED_LAYERS = {"HSVDLinear": "H-SVD block rank-1 terms (qdit4sr)", "BiasAlignedLinear": "LBA (quantvsr)",
-                      "LoweredLinear": "a backend's lowered layer"}
+UNSUPPORTED_LAYERS = {"HSVDLinear": "H-SVD block rank-1 terms (qdit4sr)", "LoweredLinear": "a backend's lowered layer"}
 
 
 def _kind(spec) -> str:
@@ -54,10 +60,44 @@ def to_module_form(qm: Any, model: nn.Module | None = None) -> nn.Module:
         quantized attention layers use 8-bit processors; ``module._lsgq_quantization_config``
         holds what ``save_pretrained`` writes.
     """
+    model = source_model(qm, model)
+    out = copy.deepcopy(model).eval()
+    layers: dict[str, dict] = {}
+    for path, m in qm.quant_linears().items():
+        if not m.spec.quantized:
+            continue
+        if type(m).__name__ in UNSUPPORTED_LAYERS:
+            raise user_error(f"{path} is a {type(m).__name__}: {UNSUPPORTED_LAYERS[type(m).__name__]} has no deploy form",
+                             "deploy another recipe of `lsgq recipes` (the others all have one)")
+        try:
+            old = out.get_submodule(path)
+        except AttributeError:
+            raise user_error(f"the plan's layer {path} is not in the given {type(model).__name__}",
+                             "pass the model compile_quantized was given") from None
+        if getattr(old, "weight", None) is None or tuple(old.weight.shape) != (m.out_features, m.in_features):
+            raise user_error(f"{path} in the given model is not the ({m.out_features}, {m.in_features}) linear "
+                             "of the plan", "pass the model compile_quantized was given")
+        dev = _deploy_layer(m, _kind(m.spec))
+        out.set_submodule(path, dev)
+        layers[path] = dev.layer_config()
+    attention = {}
+    min_kv = int(qm.config.options.get("attention_min_kv", 256))
+    for path, rec in qm.plan.attention.items():
+        if not rec.get("quantized"):
+            continue
+        attention[path] = {"min_kv": min_kv, "format": rec.get("format", "int8-qk/16bit-pv")}
+    apply_attention(out, attention)
+    out._lsgq_quantization_config = quantization_config(qm, layers, attention)
+    return out
+
+
+def source_model(qm: Any, model: nn.Module | None = None) -> nn.Module:
+    """The eager model ``qm`` was compiled from: ``model`` if given (checked against the plan's
+    class), else the one ``compile_quantized`` was given, if still alive."""
     from lsgq_compiler.api import QuantizedModel
 
     if not isinstance(qm, QuantizedModel):
-        raise user_error(f"to_module_form takes a QuantizedModel, got {type(qm).__name__}",
+        raise user_error(f"expected a QuantizedModel, got {type(qm).__name__}",
                          "pass the result of compile_quantized(...)", TypeError)
     if qm.info.get("lowered"):
         raise user_error("this QuantizedModel is lowered to a backend", "pass the model compile_quantized returned")
@@ -70,34 +110,116 @@ def to_module_form(qm: Any, model: nn.Module | None = None) -> nn.Module:
     if type(model).__name__ != qm.plan.model_class:
         raise user_error(f"model is a {type(model).__name__}, but qm was compiled from a {qm.plan.model_class}",
                          "pass the model compile_quantized was given")
-    out = copy.deepcopy(model).eval()
-    layers: dict[str, dict] = {}
-    for path, m in qm.quant_linears().items():
-        if not m.spec.quantized:
+    return model
+
+
+class _CompiledLayer:
+    """A compiled layer as :meth:`DeployLinear.from_quant_linear` reads it, with some attributes
+    replaced (the bias with LBA folded in; an activation quantizer stored separately)."""
+
+    def __init__(self, m: nn.Module, **replaced: Any) -> None:
+        self._m, self._replaced = m, replaced
+
+    def __getattr__(self, name: str) -> Any:
+        return self._replaced[name] if name in self._replaced else getattr(self._m, name)
+
+
+def _deploy_knows(aq: nn.Module) -> bool:
+    """Whether :class:`DeployLinear` describes this activation quantizer itself (``modules._act_config``)."""
+    from lsgq_compiler.quantizers import ActQuant
+
+    from .numerics import TargetActQuant
+
+    return type(aq) is ActQuant or type(aq).__name__ == "GroupActQuant" or isinstance(aq, TargetActQuant)
+
+
+def _deploy_layer(m: nn.Module, kind: str) -> DeployLinear:
+    """The deploy form of the compiled layer ``m``; ``sim`` layers compute what ``m`` computes."""
+    replaced: dict[str, Any] = {}
+    lba = getattr(m, "lba", None)
+    if lba is not None:  # LBA: y + lba, folded into the bias (added after the GEMM either way)
+        replaced["bias"] = lba.detach().clone() if m.bias is None else m.bias.detach() + lba.detach()
+    stored_aq = kind == "sim" and m.aq is not None and not _deploy_knows(m.aq)
+    if stored_aq:
+        replaced["aq"] = None
+    dev = DeployLinear.from_quant_linear(_CompiledLayer(m, **replaced) if replaced else m, kind)
+    if stored_aq:
+        qcfg = quantizer_config(m.aq, f"{m.spec.module_path}: its activation quantizer")
+        aq = build_quantizer(qcfg, device=m.weight.device)
+        aq.load_state_dict({k: v.detach().clone() for k, v in m.aq.state_dict().items()}, assign=True)
+        dev.aq = aq
+        dev.cfg["act"] = {"cls": "stored", "quantizer": qcfg}
+    if kind == "sim" and m.lr_down is not None and m.lr_down.dtype != torch.bfloat16:
+        _set_lowrank(dev, m.lr_down.detach().clone(), m.lr_up.detach().clone())
+    return dev
+
+
+def _set_lowrank(dev: DeployLinear, down: torch.Tensor, up: torch.Tensor) -> None:
+    """Store a sim layer's low-rank factors at their own precision (``DeployLinear`` makes them bf16),
+    keeping ``restore_dtypes`` in step."""
+    dev.lr_down, dev.lr_up = down, up
+    dev._dtypes.update(lr_down=down.dtype, lr_up=up.dtype)
+    dev.cfg["lowrank_dtype"] = str(down.dtype).replace("torch.", "")
+
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def quantizer_config(mod: nn.Module, where: str) -> dict[str, Any]:
+    """JSON description of a quantizer module of lsgq-compiler: class, scalar attributes, tensor
+    shapes and dtypes, child modules. Refuses what cannot be rebuilt from that."""
+    cls = type(mod)
+    todo = "deploy it with target='sim' from a recipe whose quantizers hold only tensors and numbers"
+    if not cls.__module__.startswith("lsgq_compiler."):
+        raise user_error(f"{where} {cls.__name__} is not one of lsgq-compiler's quantizers", todo)
+    attrs = {}
+    for k, v in vars(mod).items():
+        if k in _MODULE_INTERNALS:
             continue
-        if type(m).__name__ in UNSUPPORTED_LAYERS:
-            raise user_error(f"{path} is a {type(m).__name__}: {UNSUPPORTED_LAYERS[type(m).__name__]} has no deploy form",
-                             "deploy a recipe such as minmax, lsgquant, smoothquant, quarot, svdquant or viditq")
+        if k.startswith("_") or not isinstance(v, _SCALARS):
+            raise user_error(f"{where} {cls.__name__} holds {k} ({type(v).__name__}), which a checkpoint cannot store",
+                             todo)
+        attrs[k] = v
+    tensors = {k: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+               for k, t in [*mod._parameters.items(), *mod._buffers.items()] if t is not None}
+    empty = sorted(k for k, t in [*mod._parameters.items(), *mod._buffers.items()] if t is None)
+    children = {k: quantizer_config(c, f"{where}.{k}") for k, c in mod._modules.items() if c is not None}
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "attrs": attrs, "tensors": tensors, "empty": empty,
+            "children": children}
+
+
+def _dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, str(name), None)
+    if not isinstance(dt, torch.dtype):
+        raise user_error(f"the checkpoint names an unknown dtype {name!r}", "re-save it with save_pretrained")
+    return dt
+
+
+def build_quantizer(cfg: dict[str, Any], device: Any = "meta") -> nn.Module:
+    """The module :func:`quantizer_config` described, with empty tensors (buffers) on ``device``.
+    Only classes of lsgq-compiler are looked up."""
+    modname, _, qualname = str(cfg.get("class", "")).partition(":")
+    cls = None
+    if modname.startswith("lsgq_compiler."):
         try:
-            old = out.get_submodule(path)
-        except AttributeError:
-            raise user_error(f"the plan's layer {path} is not in the given {type(model).__name__}",
-                             "pass the model compile_quantized was given") from None
-        if getattr(old, "weight", None) is None or tuple(old.weight.shape) != (m.out_features, m.in_features):
-            raise user_error(f"{path} in the given model is not the ({m.out_features}, {m.in_features}) linear "
-                             "of the plan", "pass the model compile_quantized was given")
-        dev = DeployLinear.from_quant_linear(m, _kind(m.spec))
-        out.set_submodule(path, dev)
-        layers[path] = dev.layer_config()
-    attention = {}
-    min_kv = int(qm.config.options.get("attention_min_kv", 256))
-    for path, rec in qm.plan.attention.items():
-        if not rec.get("quantized"):
-            continue
-        attention[path] = {"min_kv": min_kv, "format": rec.get("format", "int8-qk/16bit-pv")}
-    apply_attention(out, attention)
-    out._lsgq_quantization_config = quantization_config(qm, layers, attention)
-    return out
+            cls = getattr(importlib.import_module(modname), qualname, None)
+        except ImportError:
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise user_error(f"the checkpoint's quantizer class {cfg.get('class')!r} is not in this lsgq-compiler",
+                         "load it with the lsgq-compiler version that saved it, or upgrade")
+    mod = cls.__new__(cls)
+    nn.Module.__init__(mod)
+    for k, v in cfg["attrs"].items():
+        setattr(mod, k, v)
+    for k, t in cfg["tensors"].items():
+        mod.register_buffer(k, torch.empty(t["shape"], dtype=_dtype(t["dtype"]), device=device))
+    for k in cfg["empty"]:
+        mod.register_buffer(k, None)
+    for k, c in cfg["children"].items():
+        setattr(mod, k, build_quantizer(c, device))
+    return mod.eval()
 
 
 def _checkpoint_submodule(model: nn.Module, path: str, what: str) -> nn.Module:
@@ -130,7 +252,15 @@ def build_skeleton_layers(model: nn.Module, layers: dict[str, dict], device: Any
         if w is None or tuple(w.shape) != (cfg["out_features"], cfg["in_features"]):
             raise user_error(f"layer {path} of the checkpoint does not match this {type(model).__name__}",
                              "the checkpoint belongs to another model (class or config)")
-        model.set_submodule(path, DeployLinear(cfg, device=device))
+        act = cfg.get("act") or {}
+        dev = DeployLinear({**cfg, "act": None} if act.get("cls") == "stored" else cfg, device=device)
+        if act.get("cls") == "stored":
+            dev.aq, dev.cfg["act"] = build_quantizer(act["quantizer"], device), act
+        if cfg.get("lowrank_dtype"):
+            dt, r = _dtype(cfg["lowrank_dtype"]), int(cfg["rank"])
+            _set_lowrank(dev, torch.empty((r, dev.in_features), dtype=dt, device=device),
+                         torch.empty((dev.out_features, r), dtype=dt, device=device))
+        model.set_submodule(path, dev)
 
 
 def prepare(model: nn.Module) -> nn.Module:
