@@ -113,7 +113,10 @@ def prepare(args, work: Path) -> dict:
         qms[tag] = compile_quantized(model, inputs, QuantConfig(weight_bits=wb, act_bits=ab),
                                      calib_data=calib, progress=False)
         t[f"compile_{tag}_s"] = time.perf_counter() - t0
-        save_quantized(qms[tag], work / f"artifact_{tag}", model=model)
+        save_quantized(qms[tag], work / f"artifact_{tag}", model=model)  # the deploy checkpoint (its size)
+        # the compiled model itself, for the workers' torchao / torch.compile lowerings: plan + trained tensors
+        qms[tag].plan.save(work / f"plan_{tag}.json")
+        save_file({k: v.contiguous() for k, v in qms[tag].quant_state_dict().items()}, str(work / f"quant_{tag}.safetensors"))
         with torch.no_grad():
             np.save(work / f"fakequant_{tag}.npy", qms[tag](**inputs).numpy())
             np.save(work / f"fakequant_{tag}_perturbed.npy", qms[tag](**perturbed(inputs)).numpy())
@@ -223,6 +226,18 @@ class PeakRSS:
         self.peak = max(self.peak, self.rss())
 
 
+def rebuild_w8a8(model: torch.nn.Module, inputs: dict, work: Path):
+    """The W8A8 ``QuantizedModel`` of :func:`prepare`, re-applied from its plan and trained tensors
+    (no calibration): what the torchao and ``torch.compile`` lowerings take."""
+    from safetensors.torch import load_file
+
+    from lsgq_compiler import QuantConfig, compile_quantized
+    from lsgq_compiler.plan import Plan
+
+    return compile_quantized(model, inputs, QuantConfig(weight_bits=8, act_bits=8), plan=Plan.load(work / "plan_w8a8.json"),
+                             quant_state=load_file(str(work / "quant_w8a8.safetensors")), progress=False)
+
+
 def worker(args, work: Path) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -245,15 +260,11 @@ def worker(args, work: Path) -> None:
             compiled = torch.compile(model)
             fn = lambda: compiled(**inputs, return_dict=False)[0]  # noqa: E731
         elif name == "lsgq_inductor_w8a8":
-            from lsgq_compiler import load_quantized
-
-            qm = load_quantized(work / "artifact_w8a8", model, inputs)
+            qm = rebuild_w8a8(model, inputs, work)
             compiled = torch.compile(model, backend="lsgq", options={"quantized_model": qm})
             fn = lambda: compiled(**inputs, return_dict=False)[0]  # noqa: E731
         else:
-            from lsgq_compiler import load_quantized
-
-            qm = load_quantized(work / "artifact_w8a8", model, inputs)
+            qm = rebuild_w8a8(model, inputs, work)
             if name == "torchao_w8a8":
                 from lsgq_compiler.backends.torchao import lower_torchao
 
@@ -369,8 +380,9 @@ def main() -> None:
              "w4_artifact_bytes": w4, "w8_artifact_bytes": _size(work / "artifact_w8a8"),
              "w4_artifact_vs_bf16_checkpoint": round(bf16 / w4, 2),
              "w4_artifact_vs_bf16_same_linears": round(prep["bf16_covered_linears_bytes"] / w4, 2),
-             "note": "artifacts hold the quantized linears (codes, scales, low-rank, biases); the other tensors "
-                     "(full-precision layers, norms, embeddings) come from the base model at load time"}
+             "note": "artifacts are deploy checkpoints (save_quantized = save_pretrained): self-contained, the "
+                     "quantized linears (codes, scales, low-rank, biases) plus every other tensor of the model in "
+                     "its own dtype (float32 here)"}
     floor = {tag: sqnr_db(np.load(work / f"fakequant_{tag}.npy"), np.load(work / f"fakequant_{tag}_perturbed.npy"))
              for tag in ("w8a8", "w4a8") if (work / f"fakequant_{tag}_perturbed.npy").is_file()}
     result = {"model": args.model, "load_average_1min_at_end": round(os.getloadavg()[0], 2),
