@@ -248,18 +248,7 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     cls = model_class or getattr(diffusers, name, None)
     if cls is None or not hasattr(cls, "from_config"):
         raise _fail(d, f"model class {name!r} is not a diffusers model class", "pass model_class=YourModelClass")
-    files = qc.get("files", {})
-    if not files:
-        raise _fail(d, "lists no weights files", "re-save it with save_pretrained")
-    for fname, sha in files.items():
-        p = d / fname
-        if Path(fname).name != fname or not fname.endswith(".safetensors"):
-            raise _fail(d, f"weights file {fname!r} is not a .safetensors file in the folder",
-                        "only safetensors are loaded (never pickle)")
-        if not p.is_file():
-            raise _fail(d, f"weights file {fname} is missing", "copy the whole folder")
-        if file_sha256(p) != sha:
-            raise _fail(d, f"{fname} fails its sha256 check: truncated, edited or corrupted", "re-save or re-copy it")
+    files = verify_files(d, qc)
     state: dict[str, torch.Tensor] = {}
     for fname in files:
         try:
@@ -288,6 +277,38 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     prepare(model)
     model._lsgq_quantization_config = qc
     return model.eval()
+
+
+def verify_files(d: Path, qc: dict[str, Any]) -> dict[str, str]:
+    """Check every weights file ``qc`` lists (safetensors in the folder, present, sha256); returns them."""
+    files = qc.get("files", {})
+    if not files:
+        raise _fail(d, "lists no weights files", "re-save it with save_pretrained")
+    for fname, sha in files.items():
+        p = d / fname
+        if Path(fname).name != fname or not fname.endswith(".safetensors"):
+            raise _fail(d, f"weights file {fname!r} is not a .safetensors file in the folder",
+                        "only safetensors are loaded (never pickle)")
+        if not p.is_file():
+            raise _fail(d, f"weights file {fname} is missing", "copy the whole folder")
+        if file_sha256(p) != sha:
+            raise _fail(d, f"{fname} fails its sha256 check: truncated, edited or corrupted", "re-save or re-copy it")
+    return files
+
+
+def relayout(model: nn.Module, qc: dict[str, Any], d: Path) -> None:
+    """Give every loaded tensor of ``model`` its saved strides and 64-byte alignment (:func:`_laid_out`):
+    the step diffusers' own loader lacks."""
+    strides = qc.get("strides", {})
+    for mod_name, mod in model.named_modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in list(store.items()):
+                if t is None or t.is_meta:
+                    continue
+                key = f"{mod_name}.{k}" if mod_name else k
+                new = _laid_out(t.data, strides.get(key), d, key)
+                if new is not t.data:
+                    store[k] = nn.Parameter(new, requires_grad=t.requires_grad) if store is mod._parameters else new
 
 
 def _dense(t: torch.Tensor) -> bool:

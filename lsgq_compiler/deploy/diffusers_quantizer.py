@@ -14,6 +14,7 @@ import importlib.abc
 import importlib.util
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 AUTO = "diffusers.quantizers.auto"
@@ -73,6 +74,17 @@ def _make_classes():
         def check_if_quantized_param(self, model, param_value, param_name, state_dict, **kwargs) -> bool:
             return False
 
+        def maybe_update_loaded_keys(self, loaded_keys, checkpoint_files, *args, **kwargs):
+            """The folder's checks of ``lsgq_compiler.from_pretrained`` (config checksum, every weights
+            file's sha256) before diffusers reads a tensor."""
+            from .checkpoint import read_config, verify_files
+
+            if checkpoint_files:
+                self._folder = Path(checkpoint_files[0]).parent
+                _, qc = read_config(self._folder)
+                verify_files(self._folder, qc)
+            return loaded_keys
+
         def _process_model_before_weight_loading(self, model, **kwargs):
             from .module_form import apply_attention, build_skeleton_layers
 
@@ -84,9 +96,16 @@ def _make_classes():
         def _process_model_after_weight_loading(self, model, **kwargs):
             from .modules import DeployLinear
 
+            from .checkpoint import relayout
+            from .module_form import prepare
+
             for m in model.modules():
                 if isinstance(m, DeployLinear):
                     m.restore_dtypes()
+            folder = getattr(self, "_folder", None)
+            if folder is not None:
+                relayout(model, self.quantization_config.payload, folder)
+            prepare(model)
             model._lsgq_quantization_config = self.quantization_config.payload
             return model
 

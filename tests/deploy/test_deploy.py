@@ -257,6 +257,35 @@ def test_diffusers_from_pretrained_native(ckpts):
     assert type(m) is WanTransformer3DModel
     with torch.no_grad():
         assert torch.equal(m(**inp, return_dict=False)[0], ref)
+    # LSGQuant (low-rank factors with recorded strides): the native path lays tensors out as saved,
+    # so it computes what lsgq_compiler.from_pretrained does, bit for bit
+    _, d2, inp2, _ = out["wanlsgq-cuda-sm90"]
+    native = WanTransformer3DModel.from_pretrained(str(d2))
+    ours = from_pretrained(d2, allow_reference=True)
+    with torch.no_grad():
+        assert torch.equal(native(**inp2, return_dict=False)[0], ours(**inp2, return_dict=False)[0])
+
+
+def test_diffusers_from_pretrained_native_checks_the_folder(ckpts, tmp_path):
+    """The native path refuses what lsgq_compiler.from_pretrained refuses: edited weights, edited config."""
+    import json
+
+    from diffusers import WanTransformer3DModel
+
+    _, out = ckpts
+    bad = _copy(out["wan-cuda-sm90"][1], tmp_path / "bad")
+    w = sorted(bad.glob("*.safetensors"))[0]
+    raw = bytearray(w.read_bytes())
+    raw[-1] ^= 1
+    w.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256"):
+        WanTransformer3DModel.from_pretrained(str(bad))
+    edited = _copy(out["wan-cuda-sm90"][1], tmp_path / "edited")
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["quantization_config"]["target"] = "sim"
+    (edited / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="config_sha256"):
+        WanTransformer3DModel.from_pretrained(str(edited))
 
 
 # ---------------------------------------------------------------------- refusals
