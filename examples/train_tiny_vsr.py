@@ -1,41 +1,111 @@
 """Train the shipped TinyVSR weights (``lsgq_compiler/vsr/models/weights/tiny_vsr.{safetensors,json}``).
 
-Data: 8-frame 128x128 HQ clips filmed from the TRAINING photographs only
-(``lsgq_compiler.vsr.data.training_photos()``, disjoint from the evaluation photos) by
-``pan_zoom_clip`` with seeded random camera paths, augmented (random transpose, horizontal and
-vertical flips, time reversal, RGB channel order, per-channel gains that tint the gray photos
-half the time, a photo shrink 30% of the time) before being degraded by the project's seeded
-pipeline ``degrade_clip`` (blur, x4 down, noise, JPEG, H.264). Pairs are produced by a pool of worker
-processes into a fixed list (pair ``i`` is a pure function of ``--seed`` and ``i``); step ``k``
-samples its batch uniformly from the first ``min(pool, warm + k * fresh)`` pairs and waits for
-them if the workers lag, so the batches do not depend on worker timing. Batches get a second,
-random dihedral/time-reversal augmentation on the device.
+Data, two sources:
 
-Model: ``tiny_vsr_config()`` (Wan transformer, width 384 = 6 heads x 64, 6 blocks, FFN 1536,
-patch (1, 2, 2), text 8 x 64, timestep 399, ~15.6 M parameters), residual over the bicubic
-latent, ``proj_out`` zero-initialised (step 0 = bicubic).
+* default: 8-frame 128x128 HQ clips filmed from the TRAINING photographs of scikit-image
+  (``lsgq_compiler.vsr.data.training_photos()``, disjoint from the evaluation photos) by
+  ``pan_zoom_clip`` with seeded random camera paths, augmented (random transpose, horizontal and
+  vertical flips, time reversal, RGB channel order, per-channel gains that tint the gray photos
+  half the time, a photo shrink 30% of the time). This is what trained the shipped weights.
+* ``--photos BUNDLE``: the ``train`` split of a photo bundle (``examples/photo_bundle.py``: the
+  15 lomiri-wallpapers photographs; the plasma-workspace-wallpapers ones are held out and never
+  read here), ``--with-skimage`` adds the scikit-image training photos. A photo is drawn with
+  probability proportional to its pixel count, then a random crop at several scales (side 0.3
+  .. 1 of the photo's short side, aspect 0.74 .. 1.35, at least 160 px), a seeded camera path
+  over the crop (``pan_zoom_clip``: pan, zoom, roll), flips, transpose and time reversal, and a
+  colour jitter (white balance +-10%, brightness and contrast x0.82 .. 1.22, saturation x0.74 ..
+  1.35, gray 10% of the time).
 
-Recipe: AdamW (betas 0.9/0.99, weight decay 0.02 on matrices only), peak LR 5e-4, 300 linear
-warm-up steps then cosine to 2% of the peak, gradient clipping at 1.0, batch 32, bf16 autocast
-on CUDA (float32 on CPU), Charbonnier loss (eps 1e-3) on pixels (computed on the
-space-to-depth latent, a permutation of the pixels), EMA of the weights (decay 0.999). At the
-end the raw and EMA weights are scored on a held-out slice (training photos, unseen seeds);
-the better one is saved in fp16 and then scored, reloaded in float32, on ``eval_set()``.
+Both are then degraded by the project's seeded pipeline ``degrade_clip`` (blur, x4 down, noise,
+JPEG, H.264), with a fresh degradation seed for every pair. Pairs are produced by a pool of
+worker processes into a fixed list (pair ``i`` is a pure function of ``--seed`` and ``i``);
+step ``k`` samples its batch uniformly from the first ``min(pool, warm + k * fresh)`` pairs and
+waits for them if the workers lag, so the batches do not depend on worker timing. Batches get
+a second, random dihedral/time-reversal augmentation on the device, and a random crop to the
+architecture's training size (``crop_lq``) where that is smaller than the clip.
 
-Reproduce (what produced the shipped file; the run is seeded, GPU nondeterminism aside; the
-shipped run used ``--time-budget 8 --steps 30000``, which settled on 3878 steps)::
+Models (``--arch``; all are diffusers ``WanTransformer3DModel``s used the DOVE way, one call at
+timestep 399 on the space-to-depth latent, residual over the bicubic latent, ``proj_out``
+zero-initialised; ``load_tiny_vsr`` reads each from its JSON config, no code change):
 
-    python examples/train_tiny_vsr.py --device cuda --steps 3878 --workers 15 --eval-every 1000 \\
-        --out lsgq_compiler/vsr/models/weights
+===============  =========  =====  ====  ======  ============  ===========  ===================
+arch             patch      width  FFN   params  fp16 weights  tokens/tile  a token predicts
+===============  =========  =====  ====  ======  ============  ===========  ===================
+p122-d384        (1, 2, 2)  384    1536  15.6 M  31.2 MB       2048         8x8 px, 1 frame
+p211-d256        (2, 1, 1)  256    1024  6.9 M   13.9 MB       4096         4x4 px, 2 frames
+p211-d384        (2, 1, 1)  384    1536  15.5 M  31.1 MB       4096         4x4 px, 2 frames
+p111-d256-c16    (1, 1, 1)  256    1024  6.9 M   13.9 MB       8192         4x4 px, 1 frame
+===============  =========  =====  ====  ======  ============  ===========  ===================
+
+(6 blocks each, heads of 64; a tile is 8 x 32 x 32 LQ pixels, what ``lsgq eval`` runs; all
+load with ``load_tiny_vsr`` and run at any tile size.) ``p122-d384`` is the shipped
+architecture: each token predicts an 8x8-pixel block, the visible 8-pixel grid of issue 17.
+The others predict 4x4-pixel blocks, the space-to-depth cell itself, so there is no token seam
+inside a cell: ``p211`` pairs two frames per token instead (time patch 2; clips need an even
+frame count, which the 8-frame tiler always gives), ``p111`` is one token per latent pixel (4x
+the tokens; trained on 16x16 LQ crops, 2048 tokens, to keep training cheap, and run on whole
+32x32 tiles). Cost relative to ``p122-d384`` (forward FLOPs, :func:`forward_macs`), training per
+clip at ``crop_lq`` / CPU inference per tile: p211-d256 1.65 / 1.65, p211-d384 2.85 / 2.85,
+p111-d256-c16 0.54 / 5.58 (measured float32 on 2 busy CPU cores: 2.6, 4.2, 6.9, 10.9 s per
+tile for the four, i.e. x1.62, x2.66, x4.24).
+
+``--ablation A,B,...`` trains each candidate for ``--ablation-steps`` steps on the same batches
+(same schedule shape, no EMA) and scores it on the validation slice (``--heldout`` clips of
+8 x 128 x 128 from the training photos with unseen seeds: never the held-out package, never
+``eval_set()``): PSNR, bicubic PSNR and grid scores (the error's mean jump across 8-pixel
+token borders over that at the 4-pixel cell borders between them, and across 2-frame token
+borders over that within them; 1.0 = no seam). ``--arch auto`` then trains the candidate with
+the best validation PSNR among those that remove the 8-pixel grid and cost at most
+``--max-cpu-cost`` x the shipped model on CPU (default 3.0, for ``make demo``'s 10 minutes:
+p211-d256 or p211-d384; p122-d384 and p111-d256-c16 are trained for comparison only).
+
+Budgets are steps, never seconds: ``--steps`` (0: ablation only), or ``--ref-steps N``: N steps
+of the shipped model converted by FLOPs (``steps = N / train cost``: the same compute whichever
+arch is chosen). Estimated H200 step times at batch 32, scaled by FLOPs from the measured
+93 ms/step of ``p122-d384``: 93, 153, 265 and 50 ms. Data workers make a pair in ~35 ms (one
+CPU core), so 15 workers (~400 pairs/s) keep ahead of ``--fresh 16`` pairs per step.
+
+Next session, ONE H200 call (estimated: ablation 4 x 250 steps = 140 s, final run 2400
+shipped-model steps = 223 s (1455 steps of p211-d256 or 842 of p211-d384), plus ~100 s of
+start-up, pair ingestion and scoring: ~8 minutes of the 10-minute limit; ``--save-every 500``
+leaves usable weights in $OUT should it run out). The tree that travels must stay under 64 MiB
+(tracked files are 34.6 MB, 31.2 of them the old weights): move the old weights out of the
+checkout for the call, carry PyAV (not on the device image; 35.8 MB) and diffusers/torchao
+(``.whl/g``), and build the bundle here first (``python examples/photo_bundle.py``, 10.6 MB):
+3.4 + 11.6 + 35.8 + 10.6 = 61.4 MB::
+
+    mkdir -p .whl/av && cp /opt/pypi/files/av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl .whl/av/
+    mv lsgq_compiler/vsr/models/weights/tiny_vsr.safetensors /tmp/   # replaced by the new weights
+    # device run, carry [".whl/g", ".whl/av", ".data/photo_bundle"], timeout_s 600:
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/g/diffusers-*.whl .whl/g/torchao-*.whl .whl/av/*.whl || exit
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; set -o pipefail
+    python3 examples/make_heldout_clips.py --bundle .data/photo_bundle --out /tmp/heldout_clips &&
+    python3 examples/train_tiny_vsr.py --device cuda --photos .data/photo_bundle --with-skimage \
+        --workers 15 --ablation p122-d384,p211-d256,p211-d384,p111-d256-c16 --ablation-steps 250 \
+        --arch auto --ref-steps 2400 --eval-every 250 --save-every 500 --split-mb 15 \
+        --report-clips /tmp/heldout_clips --out $OUT 2>&1 | tee $OUT/train.log
+
+What comes back (7 files, each under 16 MiB): ``tiny_vsr.safetensors.part00..01`` (or one
+``tiny_vsr.safetensors`` under 15 MiB), ``tiny_vsr.json``, ``ablation.json``, ``train_log.json``,
+``train_curve.png``, ``train.log``. Rejoin with ``cat tiny_vsr.safetensors.part* >
+lsgq_compiler/vsr/models/weights/tiny_vsr.safetensors`` and copy ``tiny_vsr.json`` beside it.
+With more device time, two calls instead: the same command with ``--steps 0`` and without
+``--ref-steps`` (ablation only, ~4 min), then ``--arch NAME --ref-steps 4800`` without
+``--ablation`` (~8.6 min).
 
 CPU smoke run (a few steps, to check the pipeline)::
 
     python examples/train_tiny_vsr.py --device cpu --steps 4 --batch 2 --pool 8 --warm 4 --fresh 1 \\
         --workers 2 --heldout 2 --eval-clips 1 --out /tmp/tiny_vsr
 
-Shipped run: see ``TRAINING RECORD`` at the bottom of this docstring.
+TRAINING RECORD (the shipped weights, default data source, ``--arch p122-d384``)::
 
-TRAINING RECORD (the shipped weights):
+    python examples/train_tiny_vsr.py --device cuda --steps 3878 --workers 15 --eval-every 1000 \\
+        --out lsgq_compiler/vsr/models/weights
+
+(the run is seeded, GPU nondeterminism aside; it was run as ``--time-budget 8 --steps 30000``, an
+option since removed, which settled on 3878 steps at step 250, before the cosine began.)
 
 * hardware: one NVIDIA H200 (lent device machine, 16 CPU cores for the data workers),
   PyTorch 2.11 + CUDA 13, diffusers 0.42.1, PyAV 18.1; bf16 autocast.
@@ -73,6 +143,7 @@ import queue
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +151,83 @@ import numpy as np
 
 FRAMES = 8
 HQ_SIZE = 128
+LQ_SIZE = HQ_SIZE // 4
+REF_ARCH = "p122-d384"
+REF_MS_PER_STEP = 93.0  # measured: p122-d384, batch 32, 8 x 128 x 128 clips, H200, bf16 (the shipped run)
+MAX_WEIGHT_BYTES = 40e6  # fp16 weights limit (issue 17)
+
+
+# ---------------------------------------------------------------------------- architectures
+@dataclass(frozen=True)
+class Arch:
+    """A TinyVSR variant: Wan transformer shape and the LQ crop it trains on.
+
+    Attributes:
+        name: the ``--arch`` name.
+        patch: Wan ``patch_size`` (t, h, w) over the (48, T, h, w) latent.
+        heads: attention heads of 64 channels (width = 64 * heads).
+        ffn: feed-forward width.
+        layers: transformer blocks.
+        crop_lq: training crop side in LQ pixels (32 = the whole clip); validation is on whole clips.
+    """
+
+    name: str
+    patch: tuple[int, int, int]
+    heads: int
+    ffn: int
+    layers: int = 6
+    crop_lq: int = LQ_SIZE
+
+    def config(self) -> dict[str, Any]:
+        from lsgq_compiler.vsr.models import tiny_vsr_config
+
+        cfg = tiny_vsr_config()
+        cfg["transformer"].update(patch_size=list(self.patch), num_attention_heads=self.heads,
+                                  attention_head_dim=64, ffn_dim=self.ffn, num_layers=self.layers)
+        return cfg
+
+    @property
+    def grid_free(self) -> bool:
+        """True when a token covers at most one 4x4-pixel space-to-depth cell (no 8-pixel seam)."""
+        return self.patch[1] == 1 and self.patch[2] == 1
+
+
+ARCHS: dict[str, Arch] = {a.name: a for a in (
+    Arch("p122-d384", (1, 2, 2), 6, 1536),
+    Arch("p211-d256", (2, 1, 1), 4, 1024),
+    Arch("p211-d384", (2, 1, 1), 6, 1536),
+    Arch("p111-d256-c16", (1, 1, 1), 4, 1024, crop_lq=16),
+)}
+
+
+def forward_macs(config: dict[str, Any], t: int, h: int, w: int) -> float:
+    """Multiply-accumulates of one transformer call on a ``(48, t, h, w)`` latent (one clip).
+
+    Counts the linear layers (patch embedding, q/k/v/o, cross-attention, FFN, output projection,
+    text projection) and attention (``QK^T`` and ``AV``: ``2 N^2 d`` per block for N tokens);
+    norms, RoPE and the timestep embedding are left out (under 1%).
+    """
+    tr = config["transformer"]
+    pt, ph, pw = tr["patch_size"]
+    d = tr["num_attention_heads"] * tr["attention_head_dim"]
+    c_in, c_out, ffn = tr["in_channels"], tr["out_channels"], tr["ffn_dim"]
+    n = (t // pt) * math.ceil(h / ph) * math.ceil(w / pw)
+    text = int(config["text_tokens"])
+    block = (4 * n * d * d + 2 * n * n * d  # self-attention
+             + 2 * n * d * d + 2 * text * d * d + 2 * n * text * d  # cross-attention to the text tokens
+             + 2 * n * d * ffn)  # FFN
+    embed = n * c_in * pt * ph * pw * d + n * d * c_out * pt * ph * pw + text * (tr["text_dim"] * d + d * d)
+    return float(tr["num_layers"] * block + embed)
+
+
+def costs(arch: Arch) -> dict[str, float]:
+    """FLOP ratios to the shipped model: ``train`` (per training clip at ``crop_lq``), ``cpu`` (per eval tile),
+    and the estimated H200 ``ms_per_step`` at batch 32."""
+    ref = ARCHS[REF_ARCH]
+    ref_macs = forward_macs(ref.config(), FRAMES, LQ_SIZE, LQ_SIZE)
+    train = forward_macs(arch.config(), FRAMES, arch.crop_lq, arch.crop_lq) / ref_macs
+    cpu = forward_macs(arch.config(), FRAMES, LQ_SIZE, LQ_SIZE) / ref_macs
+    return {"train": train, "cpu": cpu, "ms_per_step": REF_MS_PER_STEP * train}
 
 
 # ---------------------------------------------------------------------------- data (worker side)
@@ -92,7 +240,7 @@ def _worker_init() -> None:
 
 
 def make_pair(task: tuple[int, int, tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pair number ``index`` of the run seeded ``seed``: a pure function of its arguments.
+    """Pair number ``index`` of the run seeded ``seed`` (scikit-image photos): a pure function of its arguments.
 
     Args:
         task: ``(seed, index, photos)``.
@@ -120,7 +268,11 @@ def make_pair(task: tuple[int, int, tuple[str, ...]]) -> tuple[np.ndarray, np.nd
         gains = 0.7 + 0.3 * rng.random(3)
         photo = np.clip(photo.astype(np.float32) * gains.astype(np.float32), 0, 255).round().astype(np.uint8)
     hq = pan_zoom_clip(np.ascontiguousarray(photo), FRAMES, (HQ_SIZE, HQ_SIZE), seed=cam_seed)
-    flips = rng.random(4) < 0.5
+    hq = _flips(hq, rng.random(4) < 0.5)
+    return hq, degrade_clip(hq, seed=deg_seed)
+
+
+def _flips(hq: np.ndarray, flips: np.ndarray) -> np.ndarray:
     if flips[0]:
         hq = hq.transpose(0, 2, 1, 3)
     if flips[1]:
@@ -129,26 +281,78 @@ def make_pair(task: tuple[int, int, tuple[str, ...]]) -> tuple[np.ndarray, np.nd
         hq = hq[:, ::-1]
     if flips[3]:
         hq = hq[::-1]
-    hq = np.ascontiguousarray(hq)
+    return np.ascontiguousarray(hq)
+
+
+#: A photo source: ``("skimage", name)`` or ``("bundle", bundle folder, file inside it)``, with its pixel count.
+Source = tuple[str, str, str, int]
+
+
+def _load_source(src: Source) -> np.ndarray:
+    from lsgq_compiler.vsr.data import load_photo
+    from lsgq_compiler.vsr.data.bundle import load_bundle_photo
+
+    kind, a, b, _ = src
+    return load_photo(a) if kind == "skimage" else load_bundle_photo(a, b)
+
+
+def make_pair_photos(task: tuple[int, int, tuple[Source, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pair number ``index`` from photo ``sources`` (``--photos``): multi-scale crop, camera, flips, colour.
+
+    A pure function of ``(seed, index, sources)``; see the module docstring for the ranges.
+
+    Returns:
+        ``hq`` ``(T, 128, 128, 3)`` uint8 and ``lq`` ``(T, 32, 32, 3)`` uint8.
+    """
+    from lsgq_compiler.vsr.data import degrade_clip, pan_zoom_clip
+
+    seed, index, sources = task
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x7196]))
+    area = np.array([s[3] for s in sources], dtype=np.float64)
+    src = sources[int(rng.choice(len(sources), p=area / area.sum()))]
+    cam_seed, deg_seed = (int(v) for v in rng.integers(0, 2**31 - 1, size=2))
+    u = rng.random(12)
+    photo = _load_source(src)
+    ph, pw = photo.shape[:2]
+    short, least = min(ph, pw), round(1.25 * HQ_SIZE)
+    side = short * math.exp(math.log(0.3) * u[0])  # crop scale: 0.3 .. 1 of the short side, log-uniform
+    aspect = math.exp((u[1] * 2 - 1) * 0.3)
+    ch = int(min(ph, max(least, round(side * math.sqrt(aspect)))))
+    cw = int(min(pw, max(least, round(side / math.sqrt(aspect)))))
+    y0, x0 = int(u[2] * (ph - ch + 1)), int(u[3] * (pw - cw + 1))
+    crop = np.ascontiguousarray(photo[y0:y0 + ch, x0:x0 + cw])
+    hq = pan_zoom_clip(crop, FRAMES, (HQ_SIZE, HQ_SIZE), seed=cam_seed)
+    hq = _flips(hq, u[4:8] < 0.5)
+    x = hq.astype(np.float32)
+    x *= (1.0 + (u[8:11] * 2 - 1) * 0.1).astype(np.float32)  # white balance
+    x *= math.exp((u[11] * 2 - 1) * 0.2)  # brightness
+    v = rng.random(3)
+    mean = x.mean()
+    x = (x - mean) * math.exp((v[0] * 2 - 1) * 0.2) + mean  # contrast
+    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    sat = 0.0 if v[1] < 0.1 else math.exp((v[2] * 2 - 1) * 0.3)
+    x = gray[..., None] + (x - gray[..., None]) * sat
+    hq = np.clip(x, 0, 255).round().astype(np.uint8)
     return hq, degrade_clip(hq, seed=deg_seed)
 
 
 class PairStream:
     """Pairs ``0 .. total-1`` made in order by a process pool, consumed from a background thread."""
 
-    def __init__(self, seed: int, total: int, photos: tuple[str, ...], workers: int, offset: int = 0) -> None:
+    def __init__(self, seed: int, total: int, photos: tuple, workers: int, offset: int = 0,
+                 fn: Any = make_pair) -> None:
         import multiprocessing as mp
 
         self.q: queue.Queue = queue.Queue(maxsize=4096)
         ctx = mp.get_context("spawn")  # no fork after CUDA/threads
         self.pool = ctx.Pool(workers, initializer=_worker_init)
         tasks = [(seed, offset + i, photos) for i in range(total)]
-        self.thread = threading.Thread(target=self._run, args=(tasks,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(fn, tasks), daemon=True)
         self.thread.start()
 
-    def _run(self, tasks: list) -> None:
+    def _run(self, fn: Any, tasks: list) -> None:
         try:
-            for pair in self.pool.imap(make_pair, tasks, chunksize=4):
+            for pair in self.pool.imap(fn, tasks, chunksize=4):
                 self.q.put(pair)
         except Exception as e:  # surface worker errors in the main thread
             self.q.put(e)
@@ -164,6 +368,20 @@ class PairStream:
 
     def close(self) -> None:
         self.pool.terminate()
+
+
+def photo_sources(bundle: str, with_skimage: bool) -> tuple[Source, ...]:
+    """The training photos of ``--photos`` (its ``train`` split) and, optionally, scikit-image's."""
+    from lsgq_compiler.vsr.data import load_photo, training_photos
+    from lsgq_compiler.vsr.data.bundle import bundle_photos
+
+    out: list[Source] = [("bundle", str(Path(bundle).resolve()), p.file, p.width * p.height)
+                         for p in bundle_photos(bundle, "train", verify=True)]
+    if with_skimage:
+        for name in training_photos():
+            h, w = load_photo(name).shape[:2]
+            out.append(("skimage", name, "", h * w))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -189,6 +407,23 @@ def score(vsr: Any, clips: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str
     return {"model": m, "bicubic": b, "gain": m - b, "per_clip": per}
 
 
+def grid_scores(out: Any, hq: Any) -> dict[str, float]:
+    """Token seams in the error ``e = out - hq`` (both ``(B, 3, T, H, W)``, same scale).
+
+    ``space8``: mean ``|e[x+1] - e[x]|`` across 8-pixel borders (x = 7 mod 8) over that across the
+    4-pixel cell borders between them (x = 3 mod 8; the same space-to-depth phase, so bicubic's
+    own period-4 pattern cancels), rows and columns together. ``time2``: mean ``|e[t+1] - e[t]|``
+    for odd t (2-frame token borders) over even t. 1.0 = no seam.
+    """
+    e = out.float() - hq.float()
+    dx = (e[..., 1:] - e[..., :-1]).abs().mean(dim=(0, 1, 2, 3))
+    dy = (e[..., 1:, :] - e[..., :-1, :]).abs().mean(dim=(0, 1, 2, 4))
+    dt = (e[:, :, 1:] - e[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))
+    space = (dx[7::8].mean() + dy[7::8].mean()) / (dx[3::8].mean() + dy[3::8].mean())
+    time_ = dt[1::2].mean() / dt[0::2].mean()
+    return {"space8": float(space), "time2": float(time_)}
+
+
 # ---------------------------------------------------------------------------- training
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) -> float:
     """Linear warm-up then cosine decay to ``floor * peak`` at ``total``."""
@@ -198,13 +433,41 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) 
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def save_weights(vsr: Any, config: dict, out: Path, meta: dict, split_mb: float) -> list[Path]:
+    """fp16 ``tiny_vsr.safetensors`` + ``tiny_vsr.json`` in ``out``; with ``split_mb`` > 0 the weights file is
+    replaced by ``tiny_vsr.safetensors.partNN`` pieces of at most ``split_mb`` MiB (for size-capped transfers)."""
+    import torch
+
+    from lsgq_compiler.vsr.models import save_tiny_vsr
+
+    for old in out.glob("tiny_vsr.safetensors.part*"):
+        old.unlink()
+    path = save_tiny_vsr(vsr, out / "tiny_vsr.safetensors", config, dtype=torch.float16, extra_meta=meta)
+    if split_mb <= 0 or path.stat().st_size <= split_mb * 2**20:
+        return [path]
+    data, chunk, parts = path.read_bytes(), int(split_mb * 2**20), []
+    for i in range(0, len(data), chunk):
+        part = out / f"tiny_vsr.safetensors.part{i // chunk:02d}"
+        part.write_bytes(data[i:i + chunk])
+        parts.append(part)
+    path.unlink()
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=3600, help="optimizer steps (upper bound with --time-budget)")
-    ap.add_argument("--time-budget", type=float, default=0.0,
-                    help="minutes of training; if > 0, --steps is cut to fit, from the speed of steps 150..250")
+    ap.add_argument("--arch", default=REF_ARCH, help=f"one of {', '.join(ARCHS)}, or 'auto' (after --ablation)")
+    ap.add_argument("--steps", type=int, default=3600, help="optimizer steps of the final run (0: ablation only)")
+    ap.add_argument("--ref-steps", type=int, default=0,
+                    help="if > 0: the final run's budget in steps of the shipped model, converted by FLOPs")
+    ap.add_argument("--ablation", default="", help="comma-separated archs (or 'all') to compare first")
+    ap.add_argument("--ablation-steps", type=int, default=300)
+    ap.add_argument("--max-cpu-cost", type=float, default=3.0,
+                    help="--arch auto: largest CPU cost (FLOPs per tile) relative to the shipped model")
+    ap.add_argument("--photos", default="", help="photo bundle folder (its train split) instead of scikit-image")
+    ap.add_argument("--with-skimage", action="store_true", help="with --photos: add the scikit-image training photos")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=300)
@@ -213,59 +476,86 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, default=1024, help="pairs available at step 0")
     ap.add_argument("--fresh", type=int, default=16, help="pairs added to the sampling range per step")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--heldout", type=int, default=48, help="held-out clips (training photos, unseen seeds)")
-    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--heldout", type=int, default=48, help="validation clips (training photos, unseen seeds)")
+    ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-clips", type=int, default=-1, help="eval_set() clips to score at the end (-1: all)")
+    ap.add_argument("--report-clips", default="", help="comma-separated clip folders to score at the end "
+                                                       "(as `lsgq eval --clips`; never used for choices)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--init", default="", help="start from these TinyVSR weights (.safetensors) instead of scratch")
-    ap.add_argument("--out", default="tiny_vsr_out", help="folder for tiny_vsr.safetensors/.json and train_log.json")
+    ap.add_argument("--save-every", type=int, default=0, help="also save the raw weights every N final steps")
+    ap.add_argument("--split-mb", type=float, default=0.0, help="write the weights in parts of at most this many MiB")
+    ap.add_argument("--out", default="tiny_vsr_out", help="folder for tiny_vsr.safetensors/.json, train_log.json, "
+                                                          "train_curve.png")
     args = ap.parse_args(argv)
 
-    t_start = time.time()
-    from lsgq_compiler.vsr.data import eval_set, training_photos
+    ablation = [a.strip() for a in args.ablation.split(",") if a.strip()]
+    if ablation == ["all"]:
+        ablation = list(ARCHS)
+    for name in ablation + ([] if args.arch == "auto" else [args.arch]):
+        if name not in ARCHS:
+            raise SystemExit(f"unknown arch {name!r}; choose from {', '.join(ARCHS)}")
+    if args.arch == "auto" and not ablation:
+        raise SystemExit("--arch auto picks from an --ablation: pass --ablation A,B,... too")
+    if args.init and args.arch == "auto":
+        raise SystemExit("--init needs a fixed --arch matching the weights")
 
-    photos = tuple(training_photos())
-    print(f"training photos ({len(photos)}): {', '.join(photos)}", flush=True)
+    t_start = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from lsgq_compiler.vsr.data import bicubic_upscale, eval_set, training_photos
+
+    if args.photos:
+        photos: tuple = photo_sources(args.photos, args.with_skimage)
+        fn: Any = make_pair_photos
+        photo_names = [Path(s[2]).stem if s[0] == "bundle" else f"skimage:{s[1]}" for s in photos]
+    else:
+        photos, fn = tuple(training_photos()), make_pair
+        photo_names = list(photos)
+    print(f"training photos ({len(photo_names)}): {', '.join(photo_names)}", flush=True)
     # The pools start before CUDA is touched.
-    heldout_stream = PairStream(args.seed + 1_000_003, args.heldout, photos, min(args.workers, 8), offset=10**9)
-    stream = PairStream(args.seed, args.pool, photos, args.workers)
+    heldout_stream = PairStream(args.seed + 1_000_003, args.heldout, photos, min(args.workers, 8), offset=10**9, fn=fn)
+    stream = PairStream(args.seed, args.pool, photos, args.workers, fn=fn)
 
     import torch
 
-    from lsgq_compiler.vsr.models import build_tiny_vsr, load_tiny_vsr, save_tiny_vsr, tiny_vsr_config
+    from lsgq_compiler.vsr.models import build_tiny_vsr, load_tiny_vsr
 
     dev = torch.device(args.device)
-    torch.manual_seed(args.seed)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}", flush=True)
-    config = tiny_vsr_config()
-    vsr = (load_tiny_vsr(args.init) if args.init else build_tiny_vsr(config, seed=args.seed)).to(dev)
-    if args.init:
-        print(f"starting from {args.init}", flush=True)
-    vsr.train()
-    n_params = sum(p.numel() for p in vsr.transformer.parameters())
-    print(f"params: {n_params / 1e6:.2f} M", flush=True)
-
-    decay, no_decay = [], []
-    for _, p in vsr.transformer.named_parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    fused = dev.type == "cuda"
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.02}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.99), fused=fused)
-    params = [p for p in vsr.transformer.parameters()]
-    ema = [p.detach().clone().float() for p in params]
+    autocast = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
     heldout = []
     for i in range(args.heldout):
         hq, lq = heldout_stream.get()
         heldout.append((f"heldout{i:03d}", hq, lq))
     heldout_stream.close()
+    val_lq = torch.from_numpy(np.stack([c[2] for c in heldout])).permute(0, 4, 1, 2, 3).to(dev).float().div_(255.0)
+    val_hq = torch.from_numpy(np.stack([c[1] for c in heldout])).permute(0, 4, 1, 2, 3).to(dev)  # uint8
+    val_bic = torch.from_numpy(np.stack([bicubic_upscale(c[2]) for c in heldout])).permute(0, 4, 1, 2, 3).to(dev)
+    bic_psnr = float(np.mean([psnr_u8(c[1], bicubic_upscale(c[2])) for c in heldout]))
+    bic_grid = grid_scores(val_bic, val_hq)
+
+    def validate(vsr: Any) -> dict[str, Any]:
+        """Validation slice, batched (bf16 autocast on CUDA): PSNR per clip on uint8 frames, grid scores."""
+        vsr.eval()
+        outs = []
+        with torch.no_grad(), torch.autocast(**autocast):
+            for i in range(0, len(heldout), 8):
+                outs.append(vsr(val_lq[i:i + 8]).float().mul(255.0).round())
+        vsr.train()
+        y = torch.cat(outs)
+        mse = ((y - val_hq.float()) ** 2).mean(dim=(1, 2, 3, 4)).clamp_min(1e-10)
+        psnr = (10 * torch.log10(255.0 ** 2 / mse)).cpu().numpy()
+        return {"psnr": float(psnr.mean()), "bicubic": bic_psnr, "gain": float(psnr.mean()) - bic_psnr,
+                **grid_scores(y, val_hq)}
 
     pool_n = args.pool
     hq_pool = torch.empty((pool_n, FRAMES, HQ_SIZE, HQ_SIZE, 3), dtype=torch.uint8, device=dev)
-    lq_pool = torch.empty((pool_n, FRAMES, HQ_SIZE // 4, HQ_SIZE // 4, 3), dtype=torch.uint8, device=dev)
+    lq_pool = torch.empty((pool_n, FRAMES, LQ_SIZE, LQ_SIZE, 3), dtype=torch.uint8, device=dev)
     have = 0
 
     def fill(need: int) -> None:
@@ -287,115 +577,178 @@ def main(argv: list[str] | None = None) -> int:
         if have < need:
             fill(need)
 
-    gen = torch.Generator().manual_seed(args.seed + 17)
-    total = args.steps
-    log: list[dict[str, Any]] = []
-    charb_eps2 = 1e-6
-    t_train = time.time()
-    t_mark = None
-    # Steps timed for --time-budget: late enough that start-up ingestion is over, before warm-up ends
-    # (so the cosine schedule, which depends on the total, has not started yet).
-    t0_step, t1_step = (150, 250) if args.warmup >= 250 else (20, 40)
-
-    def eval_now(tag: str) -> dict[str, Any]:
-        vsr.eval()
-        r = score(vsr, heldout)
+    def train_run(arch: Arch, total: int, warmup: int, ema_decay: float, tag: str, init: str = "",
+                  save_every: int = 0, meta: dict | None = None) -> tuple[Any, dict[str, Any], list, list]:
+        """Train ``arch`` for ``total`` steps; returns the model, its record, the parameters and their EMA."""
+        config = arch.config()
+        torch.manual_seed(args.seed)
+        vsr = (load_tiny_vsr(init) if init else build_tiny_vsr(config, seed=args.seed)).to(dev)
         vsr.train()
-        print(f"[{tag}] held-out PSNR model {r['model']:.2f} dB, bicubic {r['bicubic']:.2f} dB, "
-              f"gain {r['gain']:+.2f} dB", flush=True)
-        return r
-
-    step = 0
-    while step < total:
-        need = min(pool_n, args.warm + step * args.fresh)
-        fill(need)
-        idx = torch.randint(0, need, (args.batch,), generator=gen)
-        aug = torch.randint(0, 2, (4,), generator=gen).tolist()
-        idx_d = idx.to(dev)
-        hq = hq_pool[idx_d].permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
-        lq = lq_pool[idx_d].permute(0, 4, 1, 2, 3).float().div_(255.0)
-        if aug[0]:
-            hq, lq = hq.transpose(3, 4), lq.transpose(3, 4)
-        if aug[1]:
-            hq, lq = hq.flip(4), lq.flip(4)
-        if aug[2]:
-            hq, lq = hq.flip(3), lq.flip(3)
-        if aug[3]:
-            hq, lq = hq.flip(2), lq.flip(2)
-        target = vsr.video_to_latent(hq.contiguous())
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, args.lr, args.warmup)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            pred = vsr.predict_latent(lq.contiguous())
-        loss = torch.sqrt((pred.float() - target) ** 2 + charb_eps2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = 0.0 if step < args.warmup else args.ema
-            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - d)
-        step += 1
-
-        if step == t0_step:
-            if dev.type == "cuda":
+        params = list(vsr.transformer.parameters())
+        n_params = sum(p.numel() for p in params)
+        if 2 * n_params > MAX_WEIGHT_BYTES:
+            raise SystemExit(f"{arch.name}: {n_params / 1e6:.1f} M parameters exceed 40 MB in fp16")
+        c = costs(arch)
+        print(f"[{tag}] {arch.name}: {n_params / 1e6:.2f} M params, {total} steps, crop {arch.crop_lq} LQ px, "
+              f"cost x{c['train']:.2f} train / x{c['cpu']:.2f} CPU, est. {c['ms_per_step']:.0f} ms/step on an H200",
+              flush=True)
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.02}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=args.lr, betas=(0.9, 0.99), fused=dev.type == "cuda")
+        ema = [p.detach().clone().float() for p in params] if ema_decay > 0 else []
+        gen = torch.Generator().manual_seed(args.seed + 17)  # the same batches for every run
+        crop_gen = torch.Generator().manual_seed(args.seed + 29)
+        rec: dict[str, Any] = {"arch": arch.name, "tag": tag, "steps": total, "params": n_params, **c,
+                               "loss": [], "val": []}
+        losses = []
+        t0 = time.time()
+        for step in range(total):
+            need = min(pool_n, args.warm + step * args.fresh)
+            fill(need)
+            idx = torch.randint(0, need, (args.batch,), generator=gen)
+            aug = torch.randint(0, 2, (4,), generator=gen).tolist()
+            idx_d = idx.to(dev)
+            hq = hq_pool[idx_d].permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
+            lq = lq_pool[idx_d].permute(0, 4, 1, 2, 3).float().div_(255.0)
+            if aug[0]:
+                hq, lq = hq.transpose(3, 4), lq.transpose(3, 4)
+            if aug[1]:
+                hq, lq = hq.flip(4), lq.flip(4)
+            if aug[2]:
+                hq, lq = hq.flip(3), lq.flip(3)
+            if aug[3]:
+                hq, lq = hq.flip(2), lq.flip(2)
+            if arch.crop_lq < LQ_SIZE:  # per-sample random crop, HQ aligned to LQ
+                k = arch.crop_lq
+                off = torch.randint(0, LQ_SIZE - k + 1, (args.batch, 2), generator=crop_gen).tolist()
+                lq = torch.stack([lq[b, :, :, y:y + k, x:x + k] for b, (y, x) in enumerate(off)])
+                hq = torch.stack([hq[b, :, :, 4 * y:4 * (y + k), 4 * x:4 * (x + k)] for b, (y, x) in enumerate(off)])
+            target = vsr.video_to_latent(hq.contiguous())
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, args.lr, warmup)
+            with torch.autocast(**autocast):
+                pred = vsr.predict_latent(lq.contiguous())
+            loss = torch.sqrt((pred.float() - target) ** 2 + 1e-6).mean()  # Charbonnier, eps 1e-3
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if ema:
+                with torch.no_grad():
+                    d = 0.0 if step < warmup else ema_decay
+                    torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - d)
+            losses.append(loss.detach())
+            done = step + 1
+            if done % 25 == 0 or done == total:
+                rec["loss"].append([done, float(torch.stack(losses).mean())])
+                losses = []
+            if done % 100 == 0 or done == total:
+                print(f"[{tag}] step {done}/{total} loss {rec['loss'][-1][1]:.5f} gnorm {float(gnorm):.3f} "
+                      f"lr {opt.param_groups[0]['lr']:.2e} pairs {have}/{need} {time.time() - t0:.0f}s", flush=True)
+            if done == 50 and dev.type == "cuda":
                 torch.cuda.synchronize()
-            t_mark = time.time()
-        if step == t1_step and t_mark is not None:
-            if dev.type == "cuda":
+                t50 = time.time()
+            if done == 150 and dev.type == "cuda" and total > 150:
                 torch.cuda.synchronize()
-            per = (time.time() - t_mark) / (t1_step - t0_step)
-            if args.time_budget > 0:
-                left = args.time_budget * 60 - (time.time() - t_train)
-                total = max(step + 1, min(args.steps, step + int(left / per)))
-            mem = (f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB"
-                   if dev.type == "cuda" else "")
-            print(f"step time {per * 1000:.1f} ms ({args.batch / per:.0f} clips/s); total steps {total}{mem}",
-                  flush=True)
-        if step % 100 == 0 or step == total:
-            el = time.time() - t_train
-            print(f"step {step}/{total} loss {loss.item():.5f} gnorm {float(gnorm):.3f} "
-                  f"lr {opt.param_groups[0]['lr']:.2e} "
-                  f"pairs {have}/{need} {el:.0f}s", flush=True)
-            log.append({"step": step, "loss": loss.item(), "time_s": el})
-        if args.time_budget > 0 and time.time() - t_train > 1.1 * 60 * args.time_budget and step < total:
-            print(f"stopping early at step {step}: 1.1x the time budget is spent (data workers too slow?)", flush=True)
-            total = step
-        if args.eval_every and step % args.eval_every == 0 and step < total:
-            r = eval_now(f"step {step}")
-            log.append({"step": step, "heldout": {k: v for k, v in r.items() if k != "per_clip"}})
+                rec["ms_per_step_measured"] = (time.time() - t50) * 10.0
+                print(f"[{tag}] step time {rec['ms_per_step_measured']:.0f} ms (steps 50..150), peak GPU memory "
+                      f"{torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB", flush=True)
+            if (args.eval_every and done % args.eval_every == 0) or done == total:
+                r = validate(vsr)
+                rec["val"].append([done, r["psnr"]])
+                if done == total:
+                    rec["final"] = r
+                print(f"[{tag}] step {done}: validation PSNR {r['psnr']:.2f} dB (bicubic {r['bicubic']:.2f}, "
+                      f"gain {r['gain']:+.2f}), grid space8 {r['space8']:.3f} time2 {r['time2']:.3f}", flush=True)
+            if save_every and done % save_every == 0 and done < total:
+                save_weights(vsr, config, out, {**(meta or {}), "steps": done, "weights": "raw, mid-run"},
+                             args.split_mb)
+        rec["train_seconds"] = round(time.time() - t0, 1)
+        return vsr, rec, params, ema
+
+    runs: list[dict[str, Any]] = []
+    for name in ablation:
+        arch = ARCHS[name]
+        vsr, rec, _, _ = train_run(arch, args.ablation_steps, min(args.warmup, max(1, args.ablation_steps // 5)),
+                                   0.0, f"ablation {name}")
+        runs.append(rec)
+        del vsr
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    if ablation:
+        print(f"ablation ({args.ablation_steps} steps each, validation slice of {len(heldout)} clips; bicubic "
+              f"{bic_psnr:.2f} dB, space8 {bic_grid['space8']:.3f}, time2 {bic_grid['time2']:.3f}):", flush=True)
+        for r in runs:
+            f = r["final"]
+            print(f"  {r['arch']:14s} PSNR {f['psnr']:.2f} dB (gain {f['gain']:+.2f})  space8 {f['space8']:.3f}  "
+                  f"time2 {f['time2']:.3f}  params {r['params'] / 1e6:.1f} M  cost x{r['train']:.2f} train / "
+                  f"x{r['cpu']:.2f} CPU  {r['train_seconds']:.0f} s", flush=True)
+        (out / "ablation.json").write_text(json.dumps(runs, indent=1))
+
+    if args.arch == "auto":
+        ok = [r for r in runs if ARCHS[r["arch"]].grid_free and r["cpu"] <= args.max_cpu_cost]
+        if not ok:
+            raise SystemExit(f"no ablation candidate removes the grid within --max-cpu-cost {args.max_cpu_cost}")
+        best = max(ok, key=lambda r: (r["final"]["psnr"], -r["cpu"]))
+        arch = ARCHS[best["arch"]]
+        choice = (f"--arch auto: {arch.name}, the best validation PSNR after {args.ablation_steps} steps among the "
+                  f"grid-free candidates with CPU cost <= x{args.max_cpu_cost} ({', '.join(r['arch'] for r in ok)})")
+    else:
+        arch = ARCHS[args.arch]
+        choice = f"--arch {arch.name}"
+    print(choice, flush=True)
+    total = args.steps
+    if args.ref_steps > 0:
+        total = max(1, round(args.ref_steps / costs(arch)["train"]))
+        print(f"{args.ref_steps} shipped-model steps = {total} steps of {arch.name}", flush=True)
+    if total <= 0:  # ablation only
+        stream.close()
+        (out / "train_log.json").write_text(json.dumps({"arch": arch.name, "runs": runs, "validation_bicubic":
+                                                        {"psnr": bic_psnr, **bic_grid}}, indent=2))
+        plot_curves(runs, bic_psnr, out / "train_curve.png")
+        print(f"ablation only (--steps 0): would train {arch.name}; done in {time.time() - t_start:.0f}s", flush=True)
+        return 0
+
+    meta = {"script": "examples/train_tiny_vsr.py", "arch": arch.name, "init": args.init or None, "seed": args.seed,
+            "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "pool": pool_n,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "data": "photo bundle" + (" + scikit-image" if args.with_skimage else "") if args.photos
+            else "scikit-image", "training_photos": photo_names, "choice": choice}
+    vsr, final, params, ema = train_run(arch, total, args.warmup, args.ema, "final", args.init, args.save_every, meta)
     stream.close()
-    train_s = time.time() - t_train
-
-    raw = eval_now("final raw")
+    runs.append(final)
+    raw = final["final"]
     backup = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
-    ema_r = eval_now("final EMA")
-    use_ema = ema_r["model"] >= raw["model"]
+    ema_r = validate(vsr)
+    print(f"[final] EMA weights: validation PSNR {ema_r['psnr']:.2f} dB (raw {raw['psnr']:.2f})", flush=True)
+    use_ema = ema_r["psnr"] >= raw["psnr"]
     if not use_ema:
         with torch.no_grad():
             for p, b in zip(params, backup):
                 p.copy_(b)
     vsr.eval()
 
-    out = Path(args.out)
-    meta = {"script": "examples/train_tiny_vsr.py", "init": args.init or None, "seed": args.seed, "steps": step,
-            "batch": args.batch,
-            "lr": args.lr, "warmup": args.warmup, "pool": pool_n, "weights": "ema" if use_ema else "raw",
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-            "train_seconds": round(train_s, 1), "training_photos": list(photos)}
-    path = save_tiny_vsr(vsr.cpu(), out / "tiny_vsr.safetensors", config, dtype=torch.float16, extra_meta=meta)
-    print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB), {'EMA' if use_ema else 'raw'} weights", flush=True)
-
-    shipped = load_tiny_vsr(path, dtype=torch.float32).to(dev)
+    config = arch.config()
+    meta.update(steps=total, weights="ema" if use_ema else "raw", train_seconds=final["train_seconds"])
+    paths = save_weights(vsr.cpu(), config, out, meta, args.split_mb)
+    size = sum(p.stat().st_size for p in paths)
+    print(f"saved {', '.join(p.name for p in paths)} ({size / 1e6:.1f} MB), {meta['weights']} weights", flush=True)
+    if len(paths) > 1:
+        joined = out / "tiny_vsr.safetensors"
+        joined.write_bytes(b"".join(p.read_bytes() for p in paths))  # scored below, then removed again
+    shipped = load_tiny_vsr(out / "tiny_vsr.safetensors", dtype=torch.float32).to(dev)
+    if len(paths) > 1:
+        (out / "tiny_vsr.safetensors").unlink()
     ho = score(shipped, heldout)
-    clips = eval_set()
-    if args.eval_clips >= 0:
+    clips = eval_set() if args.eval_clips != 0 else []
+    if args.eval_clips > 0:
         clips = clips[:args.eval_clips]
     ev = score(shipped, [(c.name, c.hq, c.lq) for c in clips]) if clips else None
-    print(f"fp16 weights, float32 compute: held-out gain {ho['gain']:+.2f} dB "
+    print(f"fp16 weights, float32 compute: validation gain {ho['gain']:+.2f} dB "
           f"({ho['model']:.2f} vs {ho['bicubic']:.2f})", flush=True)
     if ev:
         for name, v in ev["per_clip"].items():
@@ -403,12 +756,77 @@ def main(argv: list[str] | None = None) -> int:
                   f"gain {v['model'] - v['bicubic']:+.2f}", flush=True)
         print(f"eval_set ({len(clips)} clips): model {ev['model']:.2f} dB, bicubic {ev['bicubic']:.2f} dB, "
               f"gain {ev['gain']:+.2f} dB", flush=True)
-    summary = {"meta": meta, "params": n_params, "log": log, "heldout_raw": raw["model"], "heldout_ema": ema_r["model"],
-               "heldout_shipped": {k: v for k, v in ho.items() if k != "per_clip"},
-               "eval_set": ev, "wall_seconds": round(time.time() - t_start, 1)}
+    reports = {src: report_clips(shipped, src) for src in args.report_clips.split(",") if src.strip()}
+    summary = {"meta": meta, "arch": arch.name, "runs": runs, "validation_bicubic": {"psnr": bic_psnr, **bic_grid},
+               "validation_raw": raw, "validation_ema": ema_r,
+               "validation_shipped": {k: v for k, v in ho.items() if k != "per_clip"},
+               "eval_set": ev, "report_clips": reports, "wall_seconds": round(time.time() - t_start, 1)}
     (out / "train_log.json").write_text(json.dumps(summary, indent=2))
-    print(f"done in {time.time() - t_start:.0f}s (training {train_s:.0f}s, {step} steps)", flush=True)
+    plot_curves(runs, bic_psnr, out / "train_curve.png")
+    print(f"done in {time.time() - t_start:.0f}s (final run {final['train_seconds']:.0f}s, {total} steps)", flush=True)
     return 0
+
+
+def report_clips(vsr: Any, source: str) -> dict[str, Any]:
+    """Score ``vsr`` on a clip folder as ``lsgq eval --clips`` does (8 frames, 32-pixel LQ tiles, seeded
+    degradation): PSNR, SSIM and warp error per clip and mean, model and bicubic."""
+    import torch
+
+    from lsgq_compiler.vsr.data import bicubic_upscale
+    from lsgq_compiler.vsr.evaluate import DEFAULT_FRAMES, TILE, load_eval_clips
+    from lsgq_compiler.vsr.metrics import psnr_video, ssim, warp_error
+    from lsgq_compiler.vsr.tiling import run_tiled, to_tensor, to_uint8
+
+    dev = vsr.text_embeds.device
+
+    def fn(tile_lq: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return to_uint8(vsr(to_tensor(tile_lq).to(dev)))
+
+    per = {}
+    for c in load_eval_clips(source, DEFAULT_FRAMES):
+        y, b = run_tiled(fn, c.lq, DEFAULT_FRAMES, TILE), bicubic_upscale(c.lq)
+        per[c.name] = {"model": {"psnr": psnr_video(c.hq, y), "ssim": ssim(c.hq, y), "warp_error": warp_error(y)},
+                       "bicubic": {"psnr": psnr_video(c.hq, b), "ssim": ssim(c.hq, b), "warp_error": warp_error(b)}}
+    mean = {w: {k: float(np.mean([v[w][k] for v in per.values()])) for k in ("psnr", "ssim", "warp_error")}
+            for w in ("model", "bicubic")}
+    print(f"report {source} ({len(per)} clips): model PSNR {mean['model']['psnr']:.2f} "
+          f"SSIM {mean['model']['ssim']:.3f} "
+          f"warp {mean['model']['warp_error']:.4f} | bicubic {mean['bicubic']['psnr']:.2f} "
+          f"{mean['bicubic']['ssim']:.3f} {mean['bicubic']['warp_error']:.4f} | gain "
+          f"{mean['model']['psnr'] - mean['bicubic']['psnr']:+.2f} dB, "
+          f"{mean['model']['ssim'] - mean['bicubic']['ssim']:+.3f} SSIM", flush=True)
+    return {"mean": mean, "per_clip": per}
+
+
+def plot_curves(runs: list[dict[str, Any]], bicubic: float, path: Path) -> None:
+    """Training loss (mean over 25 steps) and validation PSNR per step of every run, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for r in runs:
+        label = r["tag"] if r["arch"] in r["tag"] else f"{r['tag']}: {r['arch']}"
+        if r["loss"]:
+            s, v = zip(*r["loss"])
+            a.plot(s, v, "o-" if len(s) == 1 else "-", ms=3, label=label, lw=1.2 if r["tag"] == "final" else 0.8)
+        if r["val"]:
+            s, v = zip(*r["val"])
+            b.plot(s, v, "o-", ms=3, label=label, lw=1.2 if r["tag"] == "final" else 0.8)
+    b.axhline(bicubic, color="gray", ls="--", lw=1, label=f"bicubic {bicubic:.2f} dB")
+    a.set_yscale("log")
+    a.set_ylabel("training loss (Charbonnier)")
+    b.set_ylabel("validation PSNR (dB)")
+    b.set_xlabel("step")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    a.grid(alpha=0.3)
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _cuda_available() -> bool:
