@@ -3,8 +3,8 @@
 Sources: the Debian packages ``gnome-backgrounds``, ``plasma-workspace-wallpapers``,
 ``ukui-wallpapers`` and ``lomiri-wallpapers`` (installed with ``apt-get install -y``; the
 metapackage ``lomiri-wallpapers`` brings its photos in ``lomiri-wallpapers-20.04`` and
-``lomiri-wallpapers-16.04``, counted as lomiri-wallpapers). ``mate-backgrounds`` is reserved
-for independent evaluation: this script never installs, lists or reads it.
+``lomiri-wallpapers-16.04``, counted as lomiri-wallpapers). Only these allowed packages are ever
+installed, listed or read; every other package is refused (others are reserved for evaluation).
 
 Filter rule (photographs in, abstract art and illustrations out): a fixed, explicit list.
 Every image the packages install (``dpkg -L``; Debian bookworm versions 43.1-1, 4:5.27.5-2,
@@ -65,7 +65,6 @@ DEBS: dict[str, tuple[str, ...]] = {
     "ukui-wallpapers": ("ukui-wallpapers",),
     "lomiri-wallpapers": ("lomiri-wallpapers", "lomiri-wallpapers-20.04", "lomiri-wallpapers-16.04"),
 }
-FORBIDDEN = "mate-backgrounds"  # reserved for independent evaluation: never used
 HELDOUT_PACKAGE = "plasma-workspace-wallpapers"
 SHORT = {"gnome-backgrounds": "gnome", "plasma-workspace-wallpapers": "plasma", "ukui-wallpapers": "ukui",
          "lomiri-wallpapers": "lomiri"}
@@ -168,8 +167,8 @@ def classify(package: str, path: str, is_link: bool = False) -> Decision:
 
 def _check_allowed(packages: tuple[str, ...]) -> None:
     for p in packages:
-        if FORBIDDEN in p:
-            raise SystemExit(f"{FORBIDDEN} is reserved for independent evaluation and is never used")
+        if p not in PACKAGES:
+            raise SystemExit(f"{p} is not one of the allowed training packages ({', '.join(PACKAGES)})")
 
 
 def apt_install(packages: tuple[str, ...] = PACKAGES) -> None:
@@ -192,7 +191,6 @@ def installed_images(packages: tuple[str, ...] = PACKAGES) -> list[tuple[str, st
     out = []
     for pkg in packages:
         for deb in DEBS[pkg]:
-            _check_allowed((deb,))
             r = subprocess.run(["dpkg", "-L", deb], capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"{deb} is not installed (dpkg -L failed): run without --no-apt, or "

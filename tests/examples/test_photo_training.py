@@ -1,7 +1,7 @@
 """examples/photo_bundle.py, make_heldout_clips.py and train_tiny_vsr.py on CPU, with synthetic photos.
 
 No apt and no Debian package in here: three synthetic JPEGs are placed at listed install paths under a
-temporary root (two lomiri training photos, one plasma held-out photo). ``mate-backgrounds`` is never used.
+temporary root (two lomiri training photos, one plasma held-out photo). Only the allowed packages are read.
 """
 from __future__ import annotations
 
