@@ -6,7 +6,10 @@
 
 Writes ``bench/results/deploy_gpu.json`` (or ``$OUT/deploy_gpu.json``) with the GPU named, after every part.
 
-Variants per model (bf16 always first; speed-ups are ratios within one run):
+Variants per model (bf16 always first; speed-ups are ratios within one run). ``--compile regional``
+(default) compiles every variant alike, block by block (:func:`lsgq_compiler.deploy.compile_repeated_blocks`:
+one transformer block traced, the graph reused by the others); ``--compile full`` is ``torch.compile``
+of the whole model, which takes over 4 minutes for the deployed 5B model.
 - ``bf16``: the diffusers model, torch.compile.
 - ``w8a8-fp8+attn-int8``: torchao FP8 rowwise on every non-kept linear + lsgq::int8_attention, torch.compile.
 - ``lsgquant-cuda-sm90``: the user's path end to end (issues #16, #18): the bf16 model saved with
@@ -107,15 +110,70 @@ def lsgq_quantize(base: nn.Module, inputs: dict, work: Path, args, device: str) 
     return summary
 
 
+def compile_model(model: nn.Module, how: str) -> nn.Module:
+    """``how == "regional"``: each repeated transformer block compiled in place
+    (:func:`lsgq_compiler.deploy.compile_repeated_blocks`; one block traced, reused by the others),
+    the model returned; ``"full"``: ``torch.compile(model)``."""
+    from lsgq_compiler.deploy import compile_repeated_blocks
+
+    if how == "regional" and compile_repeated_blocks(model):
+        return model
+    return torch.compile(model)
+
+
+def uncompile(model: nn.Module) -> None:
+    """Undo :func:`compile_model`'s in-place block compilation (before the next variant)."""
+    for m in model.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def gpu_bytes_by_kind(model: nn.Module) -> dict[str, int]:
+    """:func:`gpu_bytes` split by what the bytes are: deploy layers' kernel layouts (by key), their
+    low-rank factors, smoothing/sign vectors, the other parameters and buffers (bf16 layers, norms,
+    embeddings)."""
+    seen, out = set(), {}
+
+    def add(key: str, t) -> None:
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            out[key] = out.get(key, 0) + t.numel() * t.element_size()
+
+    for name, m in model.named_modules():
+        packed = getattr(m, "_packed", None) or {}
+        for k, t in packed.items():
+            add(f"deploy {k}", t)
+        if packed or type(m).__name__ == "DeployLinear":
+            for n, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+                add(f"deploy {n}", t)
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        add("other " + str(t.dtype).replace("torch.", ""), t)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """``t`` itself, or the plain tensors inside a wrapper subclass (torchao's quantized weights:
+    their own ``numel * element_size`` is the logical bf16 shape, not the stored bytes)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [p for n in names for p in _plain_tensors(getattr(t, n))]
+
+
 def gpu_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters, buffers and deploy layers' kernel layouts (each storage once)."""
+    """Bytes of the model's parameters, buffers and deploy layers' kernel layouts (each storage
+    once; tensor subclasses by their inner tensors)."""
     seen, total = set(), 0
     packed = [t for m in model.modules() for t in (getattr(m, "_packed", None) or {}).values()
               if isinstance(t, torch.Tensor)]
     for t in list(model.parameters()) + list(model.buffers()) + packed:
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
+        for p in _plain_tensors(t):
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size()
     return total
 
 
@@ -216,17 +274,17 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
     # bf16 compile
     reset_peak(device)
     t0 = time.perf_counter()
-    cb = torch.compile(base)
+    cb = compile_model(base, args.compile)
     with torch.no_grad():
         r = bench_call(call(cb), args.iters, device)
     r.update(compile_and_warmup_s=round(time.perf_counter() - t0, 1), weight_bytes_gpu=gpu_bytes(base),
-             peak_mem_gib=peak_gib(device), linears="bf16", attention="sdpa bf16")
+             peak_mem_gib=peak_gib(device), linears="bf16", attention="sdpa bf16", compile=args.compile)
     V["bf16"] = r
     bms = r["median_ms"]
     stamp(f"{name} bf16 {bms} ms")
     SAVE()
     del cb
-    torch._dynamo.reset()
+    uncompile(base)
 
     want = set(args.variants.split(","))
     # the user's path: model folder -> recorded calibration -> `lsgq quantize` -> deploy checkpoint
@@ -267,12 +325,13 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
             eager = gs.timed(call(dm), 3, device)
         V[tag + "-eager"] = {"median_ms": round(sorted(eager)[1], 2), "all_ms": [round(t, 2) for t in eager],
                              "speedup_vs_bf16_compile": round(bms / sorted(eager)[1], 3), "load_s": round(load_s, 2),
-                             "peak_mem_gib": peak_gib(device), "weight_bytes_gpu": gpu_bytes(dm)}
+                             "peak_mem_gib": peak_gib(device), "weight_bytes_gpu": gpu_bytes(dm),
+                             "weight_bytes_gpu_by_kind": gpu_bytes_by_kind(dm)}
         stamp(f"{name} deployed eager {V[tag + '-eager']['median_ms']} ms")
         SAVE()
         reset_peak(device)
         t0 = time.perf_counter()
-        cd = torch.compile(dm)
+        cd = compile_model(dm, args.compile)
         with torch.no_grad():
             o = cd(**inputs, return_dict=False)[0].float()
             r = bench_call(call(cd), args.iters, device)
@@ -287,13 +346,14 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
                  sqnr_vs_sim_note="checkpoint loaded by from_pretrained vs the compiled QuantizedModel (the plan's "
                                   "fake-quant simulation on the target's grids), held-back calibration batches, "
                                   "measured by lsgq quantize's verify stage",
-                 kernels=kernels, deploy_layers=len(rows),
+                 kernels=kernels, deploy_layers=len(rows), compile=args.compile,
                  built_from="lsgq quantize -> lsgq_compiler.from_pretrained (deploy checkpoint)")
         V[tag] = r
         SAVE()
         stamp(f"{name} deployed {r['median_ms']} ms  peak {r['peak_mem_gib']} GiB  {r['sqnr_vs_bf16_db']} dB")
-        del cd, dm
-        torch._dynamo.reset()
+        del cd
+        uncompile(dm)
+        del dm
     except LookupError:
         pass
     except Exception as e:
@@ -314,17 +374,19 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
             quantize_(base, gs.torchao_config("fp8"), filter_fn=gs.linear_filter)
             reset_peak(device)
             t0 = time.perf_counter()
-            cf = torch.compile(base)
+            cf = compile_model(base, args.compile)
             with gs.int8_attention_override(), torch.no_grad():
                 o = cf(**inputs, return_dict=False)[0].float()
                 r = bench_call(call(cf), args.iters, device)
             r.update(compile_and_warmup_s=round(time.perf_counter() - t0, 1), weight_bytes_gpu=gpu_bytes(base),
                      peak_mem_gib=peak_gib(device), sqnr_vs_bf16_db=round(gs.sqnr(ref, o), 2),
                      linears="torchao Float8DynamicActivationFloat8WeightConfig(PerRow) (_scaled_mm)",
-                     attention="lsgq::int8_attention (Triton)", speedup_vs_bf16_compile=round(bms / r["median_ms"], 3))
+                     attention="lsgq::int8_attention (Triton)", speedup_vs_bf16_compile=round(bms / r["median_ms"], 3),
+                     compile=args.compile)
             V["w8a8-fp8+attn-int8"] = r
             stamp(f"{name} fp8+attn8 {r['median_ms']} ms")
             del cf
+            uncompile(base)
         except Exception as e:
             V["w8a8-fp8+attn-int8"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         torch._dynamo.reset()
@@ -454,6 +516,9 @@ def main() -> None:
     ap.add_argument("--calib-batches", type=int, default=8, help="recorded calibration calls per model (8)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip parts that start after this many seconds")
     ap.add_argument("--ckdir", default="/tmp/lsgq_deploy_ck")
+    ap.add_argument("--compile", choices=("regional", "full"), default="regional",
+                    help="every variant alike: its repeated blocks compiled in place (regional, default) or "
+                         "torch.compile of the whole model (full; over 4 minutes for the deployed 5B model)")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -71,17 +71,35 @@ def sylvester(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = t
     return _SYLVESTER[key]
 
 
+def _fwht_rows(y: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh-Hadamard transform over dim -2 of ``y: (..., a, b)`` (``a`` a power of two):
+    ``H_a @ y`` as ``log2(a)`` add/subtract stages, the same pairing as :func:`fwht`."""
+    lead, a, b = y.shape[:-2], y.shape[-2], y.shape[-1]
+    h = 1
+    while h < a:
+        y = y.reshape(*lead, a // (2 * h), 2, h, b)
+        u, v = y[..., 0, :, :], y[..., 1, :, :]
+        y = torch.stack((u + v, u - v), dim=-3)
+        h *= 2
+    return y.reshape(*lead, a, b)
+
+
 def rotate_matmul(x: torch.Tensor, signs: torch.Tensor, block: int, inner: int = 128) -> torch.Tensor:
-    """:func:`rotate` as tensor-core matmuls, for GPUs: ``H_block = H_a (x) H_b`` (Sylvester matrices
-    are Kronecker products), so each block of ``x``, viewed as an ``(a, b)`` matrix ``X``, becomes
-    ``H_a X H_b``: two small matmuls with +-1 matrices (exact in bf16) instead of ``log2(block)``
-    memory-bound butterfly passes. Same map as :func:`rotate` up to rounding (exact in float64).
+    """:func:`rotate` for GPUs: ``H_block = H_a (x) H_b`` (Sylvester matrices are Kronecker
+    products), so each block of ``x``, viewed as an ``(a, b)`` matrix ``X``, becomes ``H_a X H_b``:
+    ``X H_b`` as one tensor-core matmul with the +-1 matrix (exact in bf16 up to the output's
+    rounding), then ``H_a`` over the ``a = block / b`` rows as ``log2(a)`` add/subtract stages
+    (a few elementwise passes, which ``torch.compile`` fuses into one) instead of ``log2(block)``
+    butterfly passes. (``H_a`` as a second matmul, a batched ``(a, a) @ (a, b)`` product of tiny
+    matrices, is the likely cause of the deployed CogVideoX1.5-5B's 305 ms of GEMM time per call on
+    the H200 against 176 ms for layers rotated in blocks of 128 by one matmul; the add/subtract
+    form is not yet measured there.) Same map as :func:`rotate` up to rounding (exact in float64).
 
     Args:
         x: ``(..., K)``, ``K % block == 0``.
         signs: ``(K,)`` of +-1.
         block: power of two.
-        inner: ``b``, the width of the inner matmul (``a = block / b``).
+        inner: ``b``, the width of the matmul (``a = block / b``).
     Returns:
         ``(..., K)`` in ``x.dtype``.
     """
@@ -92,5 +110,5 @@ def rotate_matmul(x: torch.Tensor, signs: torch.Tensor, block: int, inner: int =
     y = (x * signs.to(device=x.device, dtype=x.dtype)).reshape(-1, k // block, a, b)
     y = y @ sylvester(b, x.device, x.dtype)
     if a > 1:
-        y = sylvester(a, x.device, x.dtype) @ y
+        y = _fwht_rows(y)
     return (y * (block ** -0.5)).reshape(*lead, k)

@@ -201,6 +201,28 @@ def test_torch_compile_loaded(ckpts):
     assert torch.equal(y, ref)
 
 
+def test_compile_repeated_blocks(ckpts):
+    """Regional compilation: every transformer block compiled in place, outputs unchanged; Wan
+    declares ``_repeated_blocks``, CogVideoX does not (found from its ``transformer_blocks``)."""
+    from lsgq_compiler.deploy import compile_repeated_blocks
+    from lsgq_compiler.deploy.regional import repeated_blocks
+
+    _, out = ckpts
+    for name in ("wan-cuda-sm90", "cog-cuda-sm90"):
+        _, d, inp, ref = out[name]
+        lm = from_pretrained(d, allow_reference=True)
+        if name.startswith("cog"):
+            inp = {**inp, "image_rotary_emb": None}
+        n_blocks = len(lm.blocks if name.startswith("wan") else lm.transformer_blocks)
+        assert [id(b) for b in repeated_blocks(lm)] == [id(b) for b in
+                                                        (lm.blocks if name.startswith("wan") else lm.transformer_blocks)]
+        assert compile_repeated_blocks(lm, backend="aot_eager") == n_blocks >= 2
+        with torch.no_grad():
+            y = lm(**inp, return_dict=False)[0]
+        assert torch.equal(y, ref), name
+    assert compile_repeated_blocks(torch.nn.Linear(2, 2)) == 0
+
+
 def _tiny_wan_vae():
     from diffusers import AutoencoderKLWan
 
