@@ -201,6 +201,33 @@ def test_torch_compile_loaded(ckpts):
     assert torch.equal(y, ref)
 
 
+def test_module_form_does_not_copy_planned_weights(monkeypatch):
+    """to_module_form copies the model without its planned linears: their full-precision weights
+    (most of a DiT's bytes) are never duplicated; the copy's parameters are the rest only."""
+    from lsgq_compiler.deploy import to_module_form
+
+    wan, winp = tiny_wan(), wan_inputs(frames=2, size=16)
+    qm = compile_quantized(wan, winp, QuantConfig(recipe="minmax", weight_bits=4, act_bits=4, target="cuda-sm90"),
+                           calib_data=[winp], progress=False)
+    planned = [p for p, m in qm.quant_linears().items() if m.spec.quantized]
+    planned_params = sum(wan.get_submodule(p).weight.numel() + (wan.get_submodule(p).bias.numel()
+                         if wan.get_submodule(p).bias is not None else 0) for p in planned)
+    copied: list[int] = []
+    orig = torch.nn.Parameter.__deepcopy__
+
+    def spy(self, memo):
+        copied.append(self.numel())
+        return orig(self, memo)
+
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__", spy)
+    out = to_module_form(qm, wan)
+    total = sum(p.numel() for p in wan.parameters())
+    assert planned and planned_params > 0.5 * total
+    assert sum(copied) == total - planned_params
+    with torch.no_grad():
+        assert torch.equal(out(**winp, return_dict=False)[0], qm(**winp))
+
+
 def test_compile_repeated_blocks(ckpts):
     """Regional compilation: every transformer block compiled in place, outputs unchanged; Wan
     declares ``_repeated_blocks``, CogVideoX does not (found from its ``transformer_blocks``)."""
