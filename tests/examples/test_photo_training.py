@@ -96,6 +96,22 @@ def test_bundle_manifest_and_verify(ex, bundle):
         tampered.write_bytes(data)
 
 
+def test_skimage_share_sets_the_draw_weights(ex, bundle):
+    """``--skimage-share``: the scikit-image photos together get exactly that share of the draw weight;
+    without it the weights are the pixel counts."""
+    _, out = bundle
+    train = ex[2]
+    by_pixels = train.photo_sources(str(out), True)
+    assert all(float(s[3]) == float(int(s[3])) > 0 for s in by_pixels)
+    for share in (0.25, 0.6):
+        src = train.photo_sources(str(out), True, share)
+        w = {k: sum(s[3] for s in src if s[0] == k) for k in ("bundle", "skimage")}
+        assert math.isclose(w["skimage"] / (w["bundle"] + w["skimage"]), share, rel_tol=1e-12)
+        assert [s[:3] for s in src] == [s[:3] for s in by_pixels]
+    with pytest.raises(SystemExit, match="strictly between 0 and 1"):
+        train.photo_sources(str(out), True, 1.0)
+
+
 def test_heldout_clips_are_seeded_and_read_by_eval(ex, bundle, tmp_path):
     from lsgq_compiler.vsr.evaluate import load_eval_clips
 
