@@ -174,6 +174,11 @@ def compile_quantized(
                                             calib_batches=int(config.options.get("attention_calib_batches", 2))))
         peak: dict[str, float] = {}
         gm = run_passes(captured.gm, passes, ctx.timings, peak)
+    for m in gm.modules():  # layer training's targets (a weight copy per trained layer) are done with;
+        if getattr(m, "fp_weight", None) is not None:  # the fake-quant weight cache is rebuilt on use
+            m.fp_weight = None
+        if isinstance(m, QuantLinear):
+            m._wcache = None
     if quant_state is not None:
         _load_quant_state(gm, quant_state)
     layers = specs(gm)

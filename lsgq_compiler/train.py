@@ -47,8 +47,8 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
     with torch.no_grad():
         # the target is the layer's original weight, fixed at its first training stage, so later
         # stages (e.g. a bias stage after a low-rank stage) do not chase an already-trained layer
-        if getattr(m, "fp_weight", None) is None:
-            m.fp_weight = m.effective_weight().float().clone()
+        if getattr(m, "fp_weight", None) is None:  # in the weight's dtype: the targets below use that dtype
+            m.fp_weight = m.effective_weight().clone()
         w_fp = m.fp_weight
         xs = [x.to(device=m.weight.device, dtype=m.weight.dtype) for x in st.samples]
         if len({x.shape for x in xs}) == 1:  # one (calls, tokens, K) batch: per-call quantizer semantics kept
@@ -77,6 +77,7 @@ def train_layer(m: QuantLinear, params: Iterable[nn.Parameter], iters: int, lr: 
     with torch.no_grad():
         for p, b in zip(params, best_state):
             p.copy_(b)
+            p.grad = None  # the last step's gradient: a weight-sized tensor per trained layer
         m._wcache = None
         after = float(layer_loss(m, xs, targets))
     return {"loss_before": before, "loss_after": after, "iters": it, **({"stopped": "time cap"} if capped else {})}
@@ -101,6 +102,9 @@ def train_end_to_end(model: nn.Module, batches: list[tuple[tuple, dict]], fp_out
         if deadline is not None and it + 1 < iters and time.perf_counter() > deadline:
             capped = True
             break
+    for group in params:  # parameters or optimizer parameter groups
+        for p in (group["params"] if isinstance(group, dict) else [group]):
+            p.grad = None
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m._wcache = None

@@ -83,7 +83,7 @@ class QAO(PassBase):
                     res = results[m.spec.module_path]
                     if "skipped" not in res and size > 1:  # the owner's trained tensors, to every rank
                         if owner[m.spec.module_path] != rank and getattr(m, "fp_weight", None) is None:
-                            m.fp_weight = m.effective_weight().float().clone()  # the target it trained to
+                            m.fp_weight = m.effective_weight().clone()  # the target it trained to
                         distributed.broadcast_tensors_(_trained(m), owner[m.spec.module_path])
                         m._wcache = None
                     skipped += res.get("skipped") == "time cap"

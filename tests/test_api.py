@@ -48,6 +48,24 @@ def test_model_state_dict_bit_identical():
     assert all(isinstance(mod, nn.Linear) for k, mod in m.named_modules() if k.endswith("to_q"))
 
 
+def test_no_training_state_left_after_compile():
+    """After compile_quantized no layer keeps its training target (a weight copy), a gradient or the
+    fake-quant weight cache (rebuilt on the next call): issue 21's memory at 14 B."""
+    m, inp = tiny_wan(), wan_inputs()
+    m = m.to(torch.bfloat16)
+    inp = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inp.items()}
+    qm = compile_quantized(m, inp, QuantConfig(recipe="lsgquant", weight_bits=4, act_bits=4,
+                                               options={"sensitivity": "qerror", "light_iters": 3, "full_iters": 4}),
+                           calib_data=[inp], progress=False)
+    layers = qm.quant_linears().values()
+    assert sum("qao" in q.spec.extra for q in layers) > 0  # QAO trained some layers
+    for q in layers:
+        assert getattr(q, "fp_weight", None) is None and q._wcache is None
+        assert all(p.grad is None for p in q.parameters())
+    with torch.no_grad():
+        assert sqnr(_ref(m, inp).float(), qm(**inp).float()) > 10.0
+
+
 def test_same_seed_same_plan():
     m, inp = tiny_wan(), wan_inputs()
     cfg = QuantConfig(weight_bits=6, act_bits=6, seed=3)
