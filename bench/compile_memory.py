@@ -110,7 +110,8 @@ def main() -> None:
         qm = compile_quantized(model, inputs, cfgq, calib_data=calib, progress=False)
     finally:
         PassBase.__call__ = orig_call
-    whole = rss_gib("VmHWM") - base
+    # each pass reset the peak: the whole call's peak is the largest of theirs and of what followed the last
+    whole = max([rss_gib("VmHWM") - base] + [r["peak_above_start_gib"] for r in rows])
     rows.append({"stage": "compile_quantized (whole, capture included)", "peak_above_start_gib": round(whole, 3),
                  "model_copies": round(whole * 2**30 / wbytes, 2), "after_gib": round(rss_gib() - base, 3)})
     for name, fn in (("to_module_form", lambda: to_module_form(qm, model)),

@@ -16,6 +16,7 @@ from .config import QuantConfig
 from .errors import user_error
 from .plan import Plan
 from .qlinear import QuantLinear, quant_linears
+from .train import LAYER_TRAINING_PASSES
 from .recipes import RECIPES
 
 
@@ -172,6 +173,9 @@ def compile_quantized(
                                             keep=keep, measure=not (plan and plan.attention),
                                             min_sqnr_db=float(config.options.get("attention_min_sqnr_db", 25.0)),
                                             calib_batches=int(config.options.get("attention_calib_batches", 2))))
+        for i, p in enumerate(passes):  # the last layer-training pass frees each layer's target when done
+            if hasattr(p, "release_targets"):
+                p.release_targets = not any(type(q).__name__ in LAYER_TRAINING_PASSES for q in passes[i + 1:])
         peak: dict[str, float] = {}
         gm = run_passes(captured.gm, passes, ctx.timings, peak)
     for m in gm.modules():  # layer training's targets (a weight copy per trained layer) are done with;

@@ -16,6 +16,10 @@ from torch import nn
 
 from .qlinear import QuantLinear
 
+#: passes that train layers with :func:`train_layer`; a layer's training target (``fp_weight``,
+#: fixed at its first training stage) must outlive all of them
+LAYER_TRAINING_PASSES = ("QAO", "RPQ", "TrainParams")
+
 
 def _rel_mse(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (y - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12)

@@ -45,6 +45,9 @@ class QAO(PassBase):
     def __init__(self, ctx: PassContext, lr: float = 5e-3, total_iters: int | None = None) -> None:
         super().__init__()
         self.ctx, self.lr, self.total_iters = ctx, lr, total_iters
+        # set by compile_quantized when no later pass trains layers: each layer's training target
+        # (a copy of its weight) is then released as soon as the layer is done, not at the end
+        self.release_targets = False
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         todo = [m for _, m in quant_nodes(gm) if m.spec.train_iters > 0 and m.spec.quantized]
@@ -82,10 +85,13 @@ class QAO(PassBase):
                 for order, m in enumerate(wave, pos):
                     res = results[m.spec.module_path]
                     if "skipped" not in res and size > 1:  # the owner's trained tensors, to every rank
-                        if owner[m.spec.module_path] != rank and getattr(m, "fp_weight", None) is None:
+                        if (owner[m.spec.module_path] != rank and getattr(m, "fp_weight", None) is None
+                                and not self.release_targets):
                             m.fp_weight = m.effective_weight().clone()  # the target it trained to
                         distributed.broadcast_tensors_(_trained(m), owner[m.spec.module_path])
                         m._wcache = None
+                    if self.release_targets:
+                        m.fp_weight = None
                     skipped += res.get("skipped") == "time cap"
                     out_of_iters += res.get("skipped") == "iteration budget"
                     if left is not None and "skipped" not in res:
