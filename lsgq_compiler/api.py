@@ -16,8 +16,8 @@ from .config import QuantConfig
 from .errors import user_error
 from .plan import Plan
 from .qlinear import QuantLinear, quant_linears
-from .train import LAYER_TRAINING_PASSES
 from .recipes import RECIPES
+from .train import LAYER_TRAINING_PASSES
 
 
 class QuantizedModel(nn.Module):
