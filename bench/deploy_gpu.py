@@ -130,15 +130,18 @@ def uncompile(model: nn.Module) -> None:
 
 
 def gpu_bytes_by_kind(model: nn.Module) -> dict[str, int]:
-    """:func:`gpu_bytes` split by what the bytes are: deploy layers' kernel layouts (by key), their
-    low-rank factors, smoothing/sign vectors, the other parameters and buffers (bf16 layers, norms,
-    embeddings)."""
+    """Bytes on the GPU (each storage once; tensor subclasses by their inner tensors) by what they
+    are: deploy layers' kernel layouts (by key), their low-rank factors, smoothing/sign vectors, the
+    other parameters and buffers (bf16 layers, norms, embeddings)."""
     seen, out = set(), {}
 
     def add(key: str, t) -> None:
-        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            out[key] = out.get(key, 0) + t.numel() * t.element_size()
+        if not isinstance(t, torch.Tensor):
+            return
+        for p in _plain_tensors(t):
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                out[key] = out.get(key, 0) + p.numel() * p.element_size()
 
     for name, m in model.named_modules():
         packed = getattr(m, "_packed", None) or {}
@@ -165,16 +168,8 @@ def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
 
 def gpu_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters, buffers and deploy layers' kernel layouts (each storage
-    once; tensor subclasses by their inner tensors)."""
-    seen, total = set(), 0
-    packed = [t for m in model.modules() for t in (getattr(m, "_packed", None) or {}).values()
-              if isinstance(t, torch.Tensor)]
-    for t in list(model.parameters()) + list(model.buffers()) + packed:
-        for p in _plain_tensors(t):
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
-                total += p.numel() * p.element_size()
-    return total
+    once; tensor subclasses by their inner tensors): the sum of :func:`gpu_bytes_by_kind`."""
+    return sum(gpu_bytes_by_kind(model).values())
 
 
 def bench_call(fn, iters: int, device: str) -> dict:

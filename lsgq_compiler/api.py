@@ -178,11 +178,9 @@ def compile_quantized(
                 p.release_targets = not any(type(q).__name__ in LAYER_TRAINING_PASSES for q in passes[i + 1:])
         peak: dict[str, float] = {}
         gm = run_passes(captured.gm, passes, ctx.timings, peak)
-    for m in gm.modules():  # layer training's targets (a weight copy per trained layer) are done with;
-        if getattr(m, "fp_weight", None) is not None:  # the fake-quant weight cache is rebuilt on use
-            m.fp_weight = None
-        if isinstance(m, QuantLinear):
-            m._wcache = None
+    for m in gm.modules():  # training targets (a weight copy per trained layer) are done with;
+        if isinstance(m, QuantLinear):  # the fake-quant weight cache is rebuilt on use
+            m.fp_weight = m._wcache = None
     if quant_state is not None:
         _load_quant_state(gm, quant_state)
     layers = specs(gm)
