@@ -112,6 +112,32 @@ def test_skimage_share_sets_the_draw_weights(ex, bundle):
         train.photo_sources(str(out), True, 1.0)
 
 
+def test_fast_camera_is_seeded_and_leaves_default_pairs_alone(ex, bundle, tmp_path):
+    """``--fast-camera``: share 0 gives the default pairs bit for bit; share 1 films every pair with the
+    wider range (faster pans: larger frame-to-frame change), the same for the same seed and index."""
+    _, out = bundle
+    t = ex[2]
+    src = t.photo_sources(str(out), False)
+    fast = (40.0, 0.3, 5.0)
+
+    def motion(hq: np.ndarray) -> float:
+        return float(np.abs(np.diff(hq.astype(np.float32), axis=0)).mean())
+
+    slow_m, fast_m = [], []
+    for i in range(6):
+        base = t.make_pair_photos((0, i, src))
+        off = t.make_pair_photos((0, i, src), fast_camera=fast, fast_share=0.0)
+        on = t.make_pair_photos((0, i, src), fast_camera=fast, fast_share=1.0)
+        again = t.make_pair_photos((0, i, src), fast_camera=fast, fast_share=1.0)
+        assert all(np.array_equal(a, b) for a, b in zip(base, off))
+        assert all(np.array_equal(a, b) for a, b in zip(on, again))
+        slow_m.append(motion(base[0]))
+        fast_m.append(motion(on[0]))
+    assert np.mean(fast_m) > np.mean(slow_m)
+    with pytest.raises(SystemExit, match="--fast-camera takes"):
+        t.main(["--device", "cpu", "--photos", str(out), "--fast-camera", "40,0.3", "--out", str(tmp_path / "x")])
+
+
 def test_heldout_clips_are_seeded_and_read_by_eval(ex, bundle, tmp_path):
     from lsgq_compiler.vsr.evaluate import load_eval_clips
 
