@@ -17,8 +17,11 @@ of the whole model, which takes over 4 minutes for the deployed 5B model.
   ``lsgq quantize --recipe lsgquant --bits w4a4 --target cuda-sm90 --attention-bits 8`` in a fresh
   process (its per-stage times and peaks are kept under ``lsgq_quantize``), and the checkpoint
   loaded with ``lsgq_compiler.from_pretrained`` (no base model), then torch.compile. Layers run
-  what the plan resolved to on sm_90 (int4 x FP8 through ``lsgq::int4_fp8_linear`` = mslk
-  f8i4bf16_shuffled, FP8 rowwise, 8-bit attention); ``kernels`` counts them. SQNR against the
+  what the plan resolved to on sm_90 (``--target cuda-sm90``, the default: int4 per row x FP8
+  through ``lsgq::rot_fp8_linear`` = the Triton rotate+quantize prologue, int4 codes unpacked to FP8,
+  ``torch._scaled_mm`` rowwise; ``--target cuda-sm90-g128``: int4 groups of 128 through
+  ``lsgq::int4_fp8_linear`` = mslk f8i4bf16_shuffled; FP8 rowwise, 8-bit attention); ``kernels``
+  counts them. SQNR against the
   simulation is the checkpoint against the compiled fake-quant model on held-back batches.
 Wan2.1-14B: the deployed W4 model only, library ``DeployLinear`` layers whose random weights are made
 and quantized layer by layer on the GPU (no bf16 copy), eager, peak memory at 14k tokens.
@@ -91,7 +94,7 @@ def lsgq_quantize(base: nn.Module, inputs: dict, work: Path, args, device: str) 
         for b in calibration_batches(inputs, args.calib_batches, device):
             base(**b, return_dict=False)
     record_s = time.perf_counter() - t0
-    target = "cuda-sm90" if device == "cuda" else "sim"
+    target = args.target if device == "cuda" else "sim"
     cmd = [sys.executable, "-m", "lsgq_compiler.cli", "quantize", "--model", str(folder), "--calib", str(calib),
            "--recipe", "lsgquant", "--bits", "w4a4", "--target", target, "--dtype", "bfloat16",
            "--attention-bits", "8", "--out", str(qout), "--options", json.dumps(QUANT_OPTIONS), "--no-progress",
@@ -212,12 +215,26 @@ def part_ops(device: str) -> dict:
         wq8, ws8 = ops.quantize_weight_fp8_row(w)
         wi8, wsi = ops.quantize_weight_int8_row(w)
         pk4 = ops.pack_int4(codes)
+        from lsgq_compiler.deploy.modules import pack_nibbles
+        from lsgq_compiler.deploy.numerics import quantize_weight_int4_row
+        from lsgq_compiler.hadamard import random_signs, rotate_matmul
+        from lsgq_compiler.kernels import fp8_prologue as fpk
+
+        c4r, s4r = quantize_weight_int4_row(w)
+        q4r = pack_nibbles((c4r.to(torch.int16) + 8).to(torch.uint8))
+        sg = random_signs(k, 7).to(device=device, dtype=torch.bfloat16)
         fns = {"bf16": lambda: F.linear(x, wb, b),
+               "int4r_fp8": lambda: ops.rot_fp8_linear(x, q4r, s4r, b),
+               "int4r_fp8+rot128": lambda: ops.rot_fp8_linear(x, q4r, s4r, b, sg, 128),
+               "prologue: rotate128+quantize (Triton)": lambda: fpk.rotate_quantize_fp8(x, sg, 128)[0],
+               "prologue: unpack int4 -> fp8 (Triton)": lambda: fpk.unpack_int4_fp8(q4r),
+               "prologue: rotate_matmul 128 (torch)": lambda: rotate_matmul(x, sg, 128),
                "int4_fp8": lambda: ops.int4_fp8_linear(x, kern, b),
                "fp8_row": lambda: ops.fp8_linear(x, wq8, ws8, b),
                "int8_row": lambda: ops.int8_linear(x, wi8, wsi, b),
                "int4_weight": lambda: ops.int4_weight_linear(x, pk4, scales, b)}
         refs = {"int4_fp8": ops.int4_fp8_linear(x, plain, None).float() + b.float(),
+                "int4r_fp8": ops.quantize_act_fp8_row(x) @ (c4r.float() * s4r[:, None]).t() + b.float(),
                 "fp8_row": ops.quantize_act_fp8_row(x) @ (wq8.float() * ws8[:, None]).t() + b.float(),
                 "int8_row": None, "int4_weight": None, "bf16": None}
         # the int4 x FP8 reference without the FP8 lookup-table rounding (is the LUT model right?)
@@ -228,6 +245,9 @@ def part_ops(device: str) -> dict:
             try:
                 y = fn().float()
                 t = tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
+                if tag.startswith("prologue"):  # not a GEMM: time only
+                    row[tag] = {"ms": round(t, 4)}
+                    continue
                 r = {"ms": round(t, 4), "tflops": round(2 * m * k * n / t / 1e9, 1),
                      "sqnr_vs_float_db": round(gs.sqnr(ref_float, y), 2)}
                 if refs.get(tag) is not None:
@@ -247,6 +267,58 @@ def part_ops(device: str) -> dict:
                                                for t, r in row.items()), flush=True)
         del x, w, wb, kern, plain, packed
         gc.collect()
+        torch.cuda.empty_cache()
+    return res
+
+
+def part_linear_parts(device: str, rank: int = RANK) -> dict:
+    """One deployed ``int4r_fp8`` linear's parts at DOVE's M = 17,776 (rank-32 low-rank branch, Hadamard
+    128), each timed alone, eager: the Triton prologue (rotate + FP8 quantize), the int4 -> FP8 unpack,
+    ``_scaled_mm`` on ready operands, the low-rank down projection, the low-rank up projection
+    accumulated onto the output (``addmm``), and the whole ``DeployLinear``; bf16 ``F.linear`` for scale."""
+    import triton.testing as tt
+
+    from lsgq_compiler.deploy.modules import DeployLinear, pack_nibbles
+    from lsgq_compiler.deploy.numerics import quantize_weight_int4_row
+    from lsgq_compiler.hadamard import random_signs
+    from lsgq_compiler.kernels import fp8_prologue as fpk
+
+    m = 17776
+    g = torch.Generator(device).manual_seed(0)
+    res: dict = {}
+    for k, n in ((3072, 3072), (3072, 12288), (12288, 3072)):
+        x = torch.randn(m, k, generator=g, device=device).to(torch.bfloat16)
+        w = torch.randn(n, k, generator=g, device=device) * k ** -0.5
+        codes, sc = quantize_weight_int4_row(w)
+        cfg = {"kind": "int4r_fp8", "in_features": k, "out_features": n, "bias": True, "rank": rank,
+               "rot_block": 128, "smooth": True, "dtype": "bfloat16"}
+        d = DeployLinear(cfg, device=device)
+        d.qweight, d.w_scale = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8)), sc
+        d.bias = torch.zeros(n, device=device, dtype=torch.bfloat16)
+        d.smooth = torch.ones(k, device=device, dtype=torch.bfloat16)
+        d.rot_signs = random_signs(k, 1).to(device=device, dtype=torch.bfloat16)
+        d.lr_down = (torch.randn(rank, k, generator=g, device=device) * k ** -0.5).to(torch.bfloat16)
+        d.lr_up = (torch.randn(n, rank, generator=g, device=device) * 0.01).to(torch.bfloat16)
+        xq, xs = fpk.rotate_quantize_fp8(x, d.rot_signs, 128)
+        w8 = fpk.unpack_int4_fp8(d.qweight)
+        y = torch._scaled_mm(xq, w8.t(), scale_a=xs[:, None], scale_b=sc[None, :], out_dtype=torch.bfloat16)
+        z = F.linear(x, d.lr_down)
+        wb = w.to(torch.bfloat16)
+        fns = {"bf16 F.linear": lambda: F.linear(x, wb),
+               "prologue rotate128+quantize": lambda: fpk.rotate_quantize_fp8(x, d.rot_signs, 128),
+               "prologue quantize only": lambda: fpk.rotate_quantize_fp8(x, None, 0),
+               "unpack int4 -> fp8": lambda: fpk.unpack_int4_fp8(d.qweight),
+               "_scaled_mm fp8 rowwise": lambda: torch._scaled_mm(xq, w8.t(), scale_a=xs[:, None],
+                                                                  scale_b=sc[None, :], out_dtype=torch.bfloat16),
+               "low-rank down (M x 32)": lambda: F.linear(x, d.lr_down),
+               "low-rank up + accumulate (addmm)": lambda: torch.addmm(y, z, d.lr_up.t()),
+               "x / smooth": lambda: x / d.smooth,
+               "DeployLinear eager (all of it)": lambda: d(x)}
+        with torch.no_grad():
+            res[f"{m}x{k}->{n}"] = {t: round(tt.do_bench(f, warmup=10, rep=50, return_mode="median"), 4)
+                                    for t, f in fns.items()}
+        print(f"{k}->{n}: " + "  ".join(f"{t} {v}" for t, v in res[f'{m}x{k}->{n}'].items()), flush=True)
+        del x, w, d, xq, w8, y, z, wb
         torch.cuda.empty_cache()
     return res
 
@@ -298,7 +370,7 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
         torch.cuda.empty_cache()
 
     # deployed: lsgq_compiler.from_pretrained(checkpoint) -- no base model, no calibration
-    tag = "lsgquant-" + ("cuda-sm90" if device == "cuda" else "sim")
+    tag = "lsgquant-" + (args.target if device == "cuda" else "sim")
     ck = Path(q.get("checkpoint_dir", "."))
     try:
         if "deployed" not in want:
@@ -379,6 +451,7 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
                      attention="lsgq::int8_attention (Triton)", speedup_vs_bf16_compile=round(bms / r["median_ms"], 3),
                      compile=args.compile)
             V["w8a8-fp8+attn-int8"] = r
+            SAVE()
             stamp(f"{name} fp8+attn8 {r['median_ms']} ms")
             del cf
             uncompile(base)
@@ -408,7 +481,7 @@ def SAVE() -> None:  # replaced in main(): write the results so far
 
 def part_wan14b(args, device: str) -> dict:
     """Wan2.1-14B config: every planned linear a :class:`lsgq_compiler.deploy.modules.DeployLinear`
-    (int4 x FP8, rank-32 bf16 branch, block-Hadamard 128), its random weights made per layer on the
+    (int4 x FP8 of ``--target``, rank-32 bf16 branch, block-Hadamard 128), its random weights made per layer on the
     GPU and quantized at once (no bf16 copy of the model, no calibration: a memory and speed check,
     not a quality one); 8-bit attention processors; eager at 14k tokens."""
     import diffusers
@@ -430,7 +503,9 @@ def part_wan14b(args, device: str) -> dict:
     names = targets(model)
     tset = set(names)
     g = torch.Generator(device).manual_seed(0)
-    kind = "int4_fp8" if device == "cuda" else "int4_weight"
+    from lsgq_compiler.deploy.numerics import quantize_weight_int4_row
+
+    kind = ("int4r_fp8" if args.target != "cuda-sm90-g128" else "int4_fp8") if device == "cuda" else "int4_weight"
     for f in names:
         m = model.get_submodule(f)
         n, k = m.out_features, m.in_features
@@ -440,9 +515,14 @@ def part_wan14b(args, device: str) -> dict:
         w = (torch.rand(n, k, generator=g, device=device) * 2 - 1) * k ** -0.5
         u, sv, v = torch.svd_lowrank(w, q=RANK, niter=1)
         d.lr_down, d.lr_up = v.t().contiguous().to(torch.bfloat16), (u * sv).contiguous().to(torch.bfloat16)
-        codes, scales = ops.quantize_weight_int4_g128(w - d.lr_up.float() @ d.lr_down.float())
-        del w, u, sv, v
-        d.qweight, d.scales = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8)), scales
+        resid = w - d.lr_up.float() @ d.lr_down.float()
+        codes, scales = quantize_weight_int4_row(resid) if kind == "int4r_fp8" else ops.quantize_weight_int4_g128(resid)
+        del w, u, sv, v, resid
+        d.qweight = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8))
+        if kind == "int4r_fp8":
+            d.w_scale = scales
+        else:
+            d.scales = scales
         d.rot_signs = torch.randint(0, 2, (k,), generator=g, device=device).to(torch.bfloat16) * 2 - 1
         if m.bias is not None:
             d.bias = ((torch.rand(n, generator=g, device=device) * 2 - 1) * k ** -0.5).to(torch.bfloat16)
@@ -508,6 +588,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--skip-fp8", action="store_true")
     ap.add_argument("--variants", default="deployed,fp8", help="of each model besides bf16: deployed, fp8")
+    ap.add_argument("--target", default="cuda-sm90", choices=("cuda-sm90", "cuda-sm90-g128"),
+                    help="deploy target of the LSGQuant variant: cuda-sm90 (int4 per row on the FP8 tensor cores, "
+                         "default) or cuda-sm90-g128 (int4 groups of 128, mslk f8i4bf16_shuffled)")
     ap.add_argument("--calib-batches", type=int, default=8, help="recorded calibration calls per model (8)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip parts that start after this many seconds")
     ap.add_argument("--ckdir", default="/tmp/lsgq_deploy_ck")
@@ -536,6 +619,8 @@ def main() -> None:
         try:
             if part == "ops":
                 res["parts"]["ops"] = part_ops(device)
+            elif part == "linear_parts":
+                res["parts"]["linear_parts"] = part_linear_parts(device)
             elif part == "cog":
                 res["parts"]["cogvideox-5b"] = {}
                 part_model("cogvideox-5b", args, device, Path(args.ckdir) / "cog", res["parts"]["cogvideox-5b"])

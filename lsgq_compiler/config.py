@@ -26,6 +26,7 @@ SUPPORTED_BITS = range(2, 9)
 KNOWN_OPTIONS: frozenset[str] = frozenset({
     "act", "alpha", "attention_calib_batches", "attention_min_kv", "attention_min_sqnr_db", "block",
     "block_fraction", "bound_iters", "draq", "draq_static", "e2e_iters", "full_iters", "grid", "group_size",
+    "hadamard_max_block",
     "image_iters", "lba_iters", "let_iters", "light_iters", "lowrank_iters", "lowrank_share", "lr",
     "metric_batches", "mixed_precision", "module_iters", "observe_grads", "observe_tokens", "probes", "qao_iters",
     "rank", "rank_step", "rotate", "sensitivity", "skew_threshold", "target_draq_alpha", "train_iters",
@@ -55,8 +56,9 @@ class QuantConfig:
             ``options["attention_calib_batches"]`` (2) calibration batches; ``plan.attention``
             records each decision.
         target: where the model will run (``lsgq_compiler.deploy.targets``): ``"sim"`` (any
-            format, simulated in float), ``"cuda-sm90"``, ``"cuda-sm100"``, ``"cuda-sm89"``,
-            ``"cuda-sm80"`` or ``"cpu"``. A target restricts each layer to the formats its kernels
+            format, simulated in float), ``"cuda-sm90"`` (W4 as int4 per row on the FP8 tensor
+            cores), ``"cuda-sm90-g128"`` (W4 as int4 in groups of 128, mslk's mixed-input kernel),
+            ``"cuda-sm100"``, ``"cuda-sm89"``, ``"cuda-sm80"`` or ``"cpu"``. A target restricts each layer to the formats its kernels
             run and sets the quantizer grid to exactly what the kernel computes; each layer's
             ``extra["target"]`` records what the recipe asked for and what it became.
         capture: ``"graph"`` (torch.export to an FX graph), ``"module"`` (the eager model with its

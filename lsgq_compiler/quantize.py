@@ -59,7 +59,7 @@ TINY_VSR = "tiny-vsr"
 #: Memory a compile needs, as a multiple of the model's parameter bytes: the loaded model, the
 #: captured copy, and the quantized layers' trained weights and caches.
 MEMORY_FACTOR = 3.0
-KNOWN_TARGETS = ("sim", "cpu", "cuda-sm80", "cuda-sm89", "cuda-sm90", "cuda-sm100")
+KNOWN_TARGETS = ("sim", "cpu", "cuda-sm80", "cuda-sm89", "cuda-sm90", "cuda-sm90-g128", "cuda-sm100")
 
 
 # --------------------------------------------------------------------------------------- helpers

@@ -2,7 +2,8 @@
 
 For ``config.target != "sim"`` each quantized layer's format is mapped to a kind of
 :mod:`lsgq_compiler.deploy.targets` (e.g. on ``cuda-sm90``: W4 with K a multiple of 128 ->
-int4 symmetric groups of 128 with bf16 scales x FP8 e4m3 per-row activations; W6/W8 -> FP8
+int4 symmetric per row x FP8 e4m3 per-row activations, on ``cuda-sm90-g128`` int4 in groups of
+128 with bf16 scales; W6/W8 -> FP8
 rowwise; A4 -> FP8 per row), and the layer's quantizers become
 :class:`~lsgq_compiler.deploy.numerics.TargetWeightQuant` / ``TargetActQuant``, which compute
 exactly what the kernel computes. DRAQ's per-call channel range has no kernel: it becomes a
@@ -72,7 +73,7 @@ class ApplyTarget(PassBase):
             k = KINDS[kind]
             s.weight_bits, s.act_bits = k["weight_bits"], k["act_bits"]
             s.weight_symmetric = True
-            s.weight_granularity, s.group_size = ("group", 128) if kind.startswith("int4") else ("row", None)
+            s.weight_granularity, s.group_size = ("group", 128) if kind in ("int4_fp8", "int4_weight") else ("row", None)
             if s.act_bits:
                 s.act_quantizer, s.act_granularity, s.act_symmetric = "dynamic", "token", True
             if "draq_fold_alpha" in rec and not rec.get("draq_folded"):

@@ -10,7 +10,7 @@ fake-quant model)::
     x_s = x / smooth                                  # optional
     y   = kernel(rotate(x_s)) + bias + (x_s L_down^T) L_up^T
 
-``kernel`` by ``kind`` (:mod:`.targets`): ``int4_fp8``, ``int4_weight``, ``fp8_row``,
+``kernel`` by ``kind`` (:mod:`.targets`): ``int4r_fp8``, ``int4_fp8``, ``int4_weight``, ``fp8_row``,
 ``int8_row`` (real kernels through :mod:`lsgq_compiler.kernels.deploy_ops` on CUDA; on the CPU
 ``int8_row`` runs ``torch._int_mm`` and the others a float reference of the same numbers) or
 ``sim`` (the plan's own quantizers: integer weight codes dequantized, activation quantizer
@@ -77,7 +77,10 @@ class DeployLinear(nn.Module):
         reg("lr_down", _empty((r, k), torch.bfloat16, device) if r else None)
         reg("lr_up", _empty((n, r), torch.bfloat16, device) if r else None)
         self.aq: nn.Module | None = None
-        if kind in ("int4_fp8", "int4_weight"):
+        if kind == "int4r_fp8":
+            reg("qweight", _empty((n, (k + 1) // 2), torch.uint8, device))
+            reg("w_scale", _empty((n,), torch.float32, device))
+        elif kind in ("int4_fp8", "int4_weight"):
             reg("qweight", _empty((n, k // 2), torch.uint8, device))
             reg("scales", _empty((n, k // GROUP), torch.bfloat16, device))
         elif kind == "fp8_row":
@@ -145,7 +148,10 @@ class DeployLinear(nn.Module):
             if m.lr_down is not None:
                 out.lr_down = m.lr_down.detach().to(torch.bfloat16)
                 out.lr_up = m.lr_up.detach().to(torch.bfloat16)
-            if kind in ("int4_fp8", "int4_weight"):
+            if kind == "int4r_fp8":
+                codes, out.w_scale = nx.quantize_weight_int4_row(w)
+                out.qweight = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8))
+            elif kind in ("int4_fp8", "int4_weight"):
                 codes, scales = nx.quantize_weight_int4_g128(w)
                 out.qweight = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8))
                 out.scales = scales
@@ -182,6 +188,8 @@ class DeployLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 ``(N, K)`` weight the kernel multiplies."""
         k = self.kind
+        if k == "int4r_fp8":
+            return self._codes_int4().float() * self.w_scale[:, None]
         if k in ("int4_fp8", "int4_weight"):
             return nx.dequantize_int4_g128(self._codes_int4(), self.scales, kernel="fp8" if k == "int4_fp8" else "bf16")
         if k == "fp8_row":
@@ -248,7 +256,7 @@ class DeployLinear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias.float()
             return y.to(x.dtype).reshape(*lead, self.out_features)
-        if kind in ("int4_fp8", "fp8_row"):
+        if kind in ("int4r_fp8", "int4_fp8", "fp8_row"):
             xq = nx.quantize_act_fp8_row(x).to(x.dtype)
         elif kind == "int4_weight":
             xq = x
@@ -260,10 +268,17 @@ class DeployLinear(nn.Module):
         """x: ``(..., K)`` -> ``(..., N)``."""
         if self.smooth is not None:
             x = x / self.smooth.to(x.dtype)
+        if x.is_cuda and self.kind in ("int4r_fp8", "fp8_row"):  # rotation fused into the kernel's prologue
+            y = _cuda_gemm(self, x)
+            if self.lr_down is None:
+                return y
+            # the low-rank branch accumulated onto y in the GEMM's epilogue (addmm: no separate add pass)
+            z = F.linear(x, self.lr_down.to(x.dtype)).reshape(-1, self.lr_down.shape[0])
+            return torch.addmm(y.reshape(-1, self.out_features), z, self.lr_up.to(x.dtype).t()).reshape(y.shape)
         y_lr = None
         if self.lr_down is not None:
             y_lr = F.linear(F.linear(x, self.lr_down.to(x.dtype)), self.lr_up.to(x.dtype))
-        if self.rot_block:  # on GPUs as two small tensor-core matmuls; on the CPU the butterflies of the fake-quant model
+        if self.rot_block:  # on GPUs as tensor-core matmuls; on the CPU the butterflies of the fake-quant model
             x = (rotate_matmul if x.is_cuda else rotate)(x, self.rot_signs, self.rot_block)
         y = self._gemm(x)
         return y if y_lr is None else y + y_lr
@@ -273,6 +288,15 @@ class DeployLinear(nn.Module):
         if self.kind == "sim":
             return {"backend": "lsgq deploy (sim)", "kernel": "dequantize + aten.linear (simulated)", "real_kernel": False}
         op = KINDS[self.kind]["op"]
+        if device == "cuda" and self.kind in ("int4r_fp8", "fp8_row"):
+            from lsgq_compiler.kernels import fp8_prologue
+
+            if not fp8_prologue.available(device):
+                return {"backend": "lsgq deploy", "kernel": f"{op} reference (float): needs Triton and sm_89+",
+                        "real_kernel": False}
+            return {"backend": "lsgq deploy", "real_kernel": True,
+                    "kernel": f"{op} (Triton rotate+quantize prologue" + (", int4 -> FP8 unpack" if self.kind ==
+                                                                          "int4r_fp8" else "") + ", _scaled_mm)"}
         if device == "cuda":
             return {"backend": "lsgq deploy", "kernel": op, "real_kernel": True}
         if self.kind == "int8_row":
@@ -337,8 +361,9 @@ def _cuda_gemm(mod: DeployLinear, x: torch.Tensor) -> torch.Tensor:
             y = ops.int4_fp8_linear(x2, mod._packed, bias)
         else:
             y = ops.int4_weight_linear(x2, mod._packed["qweight"], mod._packed["scales"], bias)
-    elif mod.kind == "fp8_row":
-        y = ops.fp8_linear(x2, mod.w_fp8, mod.w_scale, bias)
+    elif mod.kind in ("int4r_fp8", "fp8_row"):  # rotation (if any) in the op's prologue
+        w = mod.qweight if mod.kind == "int4r_fp8" else mod.w_fp8
+        y = ops.rot_fp8_linear(x2, w, mod.w_scale, bias, mod.rot_signs, mod.rot_block)
     else:
         y = ops.int8_linear(x2, mod.w_int8, mod.w_scale, bias)
     return y.to(x.dtype).reshape(*lead, mod.out_features)

@@ -78,6 +78,23 @@ def dequantize_int4_g128(codes: torch.Tensor, scales: torch.Tensor, kernel: str 
     return (codes.float().reshape(n, k // GROUP, GROUP) * scales.float()[..., None]).reshape(n, k)
 
 
+def quantize_weight_int4_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 per output row: ``scale = max(amax / 7, 1e-8)`` (float32), ``q = clamp(round(w / scale), -8, 7)``.
+
+    The grid of ``int4r_fp8``: every code is an integer in [-8, 7], exact in FP8 e4m3, so the
+    kernel unpacks the codes to FP8 and runs the FP8 rowwise GEMM with ``scale`` as the weight's
+    row scale (:func:`lsgq_compiler.kernels.deploy_ops.int4r_fp8_linear`).
+
+    Args:
+        w: ``(N, K)``.
+    Returns:
+        ``(codes int8 (N, K) in [-8, 7], scale float32 (N,))``.
+    """
+    wf = w.detach().float()
+    scale = (wf.abs().amax(-1) / 7.0).clamp_min(1e-8)
+    return torch.round(wf / scale[:, None]).clamp(-8, 7).to(torch.int8), scale
+
+
 def quantize_weight_fp8_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 e4m3 per output row: ``scale = amax / 448`` (float32), ``w_fp8 = e4m3(w / scale)``.
 
@@ -134,7 +151,7 @@ def dequant_act_int8_token(x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- fake quantizers
-WEIGHT_KINDS = ("int4_g128_fp8", "int4_g128", "fp8_row", "int8_row")
+WEIGHT_KINDS = ("int4_row", "int4_g128_fp8", "int4_g128", "fp8_row", "int8_row")
 ACT_KINDS = ("fp8_row", "int8_token")
 
 
@@ -144,6 +161,9 @@ def dequantized_weight(w: torch.Tensor, kind: str) -> torch.Tensor:
         return dequantize_int4_g128(*quantize_weight_int4_g128(w), kernel="bf16")
     if kind == "int4_g128_fp8":
         return dequantize_int4_g128(*quantize_weight_int4_g128(w), kernel="fp8")
+    if kind == "int4_row":
+        q, s = quantize_weight_int4_row(w)
+        return q.float() * s[:, None]
     if kind == "fp8_row":
         q, s = quantize_weight_fp8_row(w)
         return q.float() * s[:, None]
@@ -200,6 +220,7 @@ class TargetActQuant(nn.Module):
 
 #: deploy kind -> (weight kind, activation kind or None)
 KIND_QUANTIZERS: dict[str, tuple[str, str | None]] = {
+    "int4r_fp8": ("int4_row", "fp8_row"),
     "int4_fp8": ("int4_g128_fp8", "fp8_row"),
     "int4_weight": ("int4_g128", None),
     "fp8_row": ("fp8_row", "fp8_row"),

@@ -5,16 +5,30 @@ A *kind* is one deployable linear form, with exact numerics (see :mod:`.numerics
 =============  =====================================================  ===========================
 kind           numerics                                               kernel (op)
 =============  =====================================================  ===========================
+int4r_fp8      weights int4 symmetric per output row (float32         ``lsgq::rot_fp8_linear``
+               scale); activations FP8 e4m3 per row (amax / 448)      (Triton rotate+quantize
+                                                                      prologue, codes unpacked
+                                                                      to FP8 in one pass, FP8
+                                                                      rowwise ``_scaled_mm``)
 int4_fp8       weights int4 symmetric, groups of 128 along K, bf16    ``lsgq::int4_fp8_linear``
                scales; activations FP8 e4m3 per row (amax / 448)      (mslk ``f8i4bf16_shuffled``)
 int4_weight    weights as int4_fp8; activations unquantized (16-bit)  ``lsgq::int4_weight_linear``
-fp8_row        weights and activations FP8 e4m3 per row               ``lsgq::fp8_linear``
+fp8_row        weights and activations FP8 e4m3 per row               ``lsgq::rot_fp8_linear``
                                                                       (``torch._scaled_mm`` rowwise)
 int8_row       weights int8 symmetric per row; activations int8       ``lsgq::int8_linear``
                symmetric per token, dynamic (amax / 127)              (``torch._int_mm``)
 sim            the plan's own quantizers (any format), simulated      dequantize + ``aten.linear``
 fp             full precision                                         ``aten.linear``
 =============  =====================================================  ===========================
+
+Why two int4 x FP8 kinds: at the token counts of one-step video SR (M = 14k .. 18k rows) every
+linear is compute-bound, so the GEMM's speed is what counts. ``int4r_fp8`` stores 4-bit codes
+(half of FP8's bytes) but multiplies on the FP8 tensor cores at FP8 rowwise speed; unpacking a
+layer's codes to FP8 costs one pass over 1.5 bytes per weight, about 4 ms per call for 5.6 B
+weights on an H200. Per-row scales are what makes that exact: a code times its row scale is an
+FP8 value times the GEMM's column scale. ``int4_fp8`` (groups of 128, mslk's CUTLASS mixed-input
+kernel, target ``cuda-sm90-g128``) is the finer grid, for small M, where reading 4-bit weights
+is what pays.
 
 Per target (:data:`TARGETS`): the kinds it runs and how a plan's format maps onto them
 (:func:`resolve`). Formats a target cannot run become the nearest kind it can (4-bit activations
@@ -29,11 +43,13 @@ GROUP = 128
 
 #: kind -> (human format, the GEMM op, whether that op computes on low-precision data, on which device)
 KINDS: dict[str, dict[str, Any]] = {
+    "int4r_fp8": {"format": "W4 int4 sym per row (fp32 scales) x A8 FP8 e4m3 per row", "op": "lsgq::rot_fp8_linear",
+                  "weight_bits": 4, "act_bits": 8},
     "int4_fp8": {"format": "W4 int4 sym g128 (bf16 scales) x A8 FP8 e4m3 per row", "op": "lsgq::int4_fp8_linear",
                  "weight_bits": 4, "act_bits": 8},
     "int4_weight": {"format": "W4 int4 sym g128 (bf16 scales), A16", "op": "lsgq::int4_weight_linear",
                     "weight_bits": 4, "act_bits": None},
-    "fp8_row": {"format": "W8A8 FP8 e4m3 per row (weights and activations)", "op": "lsgq::fp8_linear",
+    "fp8_row": {"format": "W8A8 FP8 e4m3 per row (weights and activations)", "op": "lsgq::rot_fp8_linear",
                 "weight_bits": 8, "act_bits": 8},
     "int8_row": {"format": "W8A8 int8 sym (weights per row, activations per token, dynamic)",
                  "op": "lsgq::int8_linear", "weight_bits": 8, "act_bits": 8},
@@ -68,15 +84,20 @@ class Target:
 TARGETS: dict[str, Target] = {
     "sim": Target("sim", "any", None, {}, "any format, simulated in float (today's behaviour)"),
     "cuda-sm90": Target("cuda-sm90", "cuda", (9, 0),
-                        {"int4_fp8": True, "int4_weight": True, "fp8_row": True},
-                        "Hopper: int4 weights x FP8 activations, int4 weight-only, FP8 rowwise W8A8",
-                        "H200 (bench/deploy_gpu.py)"),
+                        {"int4r_fp8": True, "int4_weight": True, "fp8_row": True},
+                        "Hopper: int4 weights (per row) x FP8 activations on the FP8 tensor cores, int4 "
+                        "weight-only, FP8 rowwise W8A8", "H200 (bench/deploy_gpu.py)"),
+    "cuda-sm90-g128": Target("cuda-sm90-g128", "cuda", (9, 0),
+                             {"int4_fp8": True, "int4_weight": True, "fp8_row": True},
+                             "Hopper: int4 weights in groups of 128 x FP8 activations (mslk f8i4bf16_shuffled, "
+                             "needs mslk-cuda), int4 weight-only, FP8 rowwise W8A8", "H200 (bench/deploy_gpu.py)"),
     "cuda-sm100": Target("cuda-sm100", "cuda", (10, 0),
-                         {"int4_fp8": True, "int4_weight": True, "fp8_row": True},
-                         "Blackwell: as sm90 (mslk-cuda carries sm_100a code)", "not run here"),
+                         {"int4r_fp8": True, "int4_weight": True, "fp8_row": True},
+                         "Blackwell: as sm90 (FP8 rowwise through torch._scaled_mm)", "not run here"),
     "cuda-sm89": Target("cuda-sm89", "cuda", (8, 9),
-                        {"int4_weight": True, "fp8_row": True},
-                        "Ada: FP8 rowwise W8A8, int4 weight-only (no int4 x FP8 kernel below sm90)", "not run here"),
+                        {"int4r_fp8": True, "int4_weight": True, "fp8_row": True},
+                        "Ada: int4 (per row) x FP8 and FP8 rowwise W8A8 through torch._scaled_mm, int4 "
+                        "weight-only", "not run here"),
     "cuda-sm80": Target("cuda-sm80", "cuda", (8, 0),
                         {"int4_weight": True, "int8_row": True},
                         "Ampere: int8 W8A8 (cuBLAS), int4 weight-only (no FP8)", "not run here"),
@@ -102,8 +123,15 @@ def resolve(target: str, weight_bits: int | None, act_bits: int | None, in_featu
         return "sim", ""
     t = TARGETS[target]
     w4 = weight_bits is not None and weight_bits <= 4
-    grouped = in_features % GROUP == 0
     notes = []
+    if w4 and act_bits is not None and "int4r_fp8" in t.kinds and in_features % 16 == 0:
+        kind = "int4r_fp8"
+        if weight_bits != 4:
+            notes.append(f"W{weight_bits} -> W4")
+        if act_bits != 8:
+            notes.append(f"A{act_bits} -> A8 FP8 e4m3 per row")
+        return kind, "; ".join(notes)
+    grouped = in_features % GROUP == 0
     if w4 and not grouped:
         notes.append(f"K={in_features} is not a multiple of {GROUP}: no int4 g{GROUP} kernel, W{weight_bits} -> W8")
     if w4 and grouped:

@@ -15,6 +15,11 @@ Formats and the kernels that run them:
   ``row_scale[n] * e4m3(code * e4m3_group_scale)``. :func:`quantize_weight_int4_g128` chooses
   bf16 group scales that this format represents exactly, and :func:`dequantize_int4_g128` is
   that weight; the reference path computes it in float32.
+- ``lsgq::rot_fp8_linear``: FP8 e4m3 per-row activations, rotated first (block-Hadamard) when
+  the layer is, times a weight of FP8 e4m3 per row or of int4 codes per row (``int4r_fp8``:
+  uint8 nibbles, unpacked to FP8 in one pass, exact). On sm_89+ with Triton: the fused
+  rotate-and-quantize prologue (:mod:`.fp8_prologue`, blocks of 128; other blocks rotate by
+  :func:`lsgq_compiler.hadamard.rotate_matmul` first) and ``torch._scaled_mm`` rowwise.
 - ``lsgq::fp8_linear``: FP8 e4m3 per-row weights x FP8 per-row activations; ``torch._scaled_mm``
   rowwise on sm_89+, float reference elsewhere.
 - ``lsgq::int8_linear``: int8 per-row weights x dynamic int8 per-token activations;
@@ -72,6 +77,7 @@ def available_kernels(device: torch.device | str = "cpu") -> dict[str, str]:
         ref = f"reference (float) on {torch.device(device).type}"
         out["int4_fp8_linear"] = ref + ": no int4 x FP8 GEMM off CUDA sm_90"
         out["fp8_linear"] = ref + ": torch._scaled_mm needs CUDA sm_89+"
+        out["rot_fp8_linear"] = ref + ": the Triton prologue and torch._scaled_mm need CUDA sm_89+"
         out["int8_linear"] = "torch._int_mm (CPU) when M > 16, else exact reference"
         out["int4_weight_linear"] = "fallback: dequantize to bf16 + GEMM"
         return out
@@ -84,6 +90,11 @@ def available_kernels(device: torch.device | str = "cpu") -> dict[str, str]:
         out["int4_fp8_linear"] = f"reference (float): {why}"
     out["fp8_linear"] = ("torch._scaled_mm rowwise (cuBLASLt FP8)" if cap >= (8, 9)
                          else f"reference (float): FP8 needs sm_89+, this GPU is sm_{cap[0]}{cap[1]}")
+    from . import fp8_prologue
+
+    out["rot_fp8_linear"] = ("Triton rotate+quantize prologue (+ int4 unpack) + torch._scaled_mm rowwise"
+                             if fp8_prologue.available(device)
+                             else "reference (float): needs Triton and sm_89+")
     out["int8_linear"] = "torch._int_mm (cuBLASLt int8) when M > 16 and K, N % 8 == 0, else exact reference"
     out["int4_weight_linear"] = "fallback: dequantize to bf16 + bf16 GEMM (no packed-int4 GEMM called)"
     return out
@@ -285,6 +296,48 @@ def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x (..., K)`` -> ``(..., N)`` through ``lsgq::fp8_linear``."""
     y = torch.ops.lsgq.fp8_linear(_rows_of(x), w_fp8, w_scale, bias)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+@torch.library.custom_op("lsgq::rot_fp8_linear", mutates_args=())
+def _rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                    signs: Optional[torch.Tensor], block: int) -> torch.Tensor:
+    """``x (M, K)`` -> ``(M, N)``: ``rotate(x)`` (when ``block``) quantized to FP8 per row, times
+    ``weight``: float8_e4m3fn ``(N, K)`` or int4 codes uint8 ``(N, K // 2)`` (``code + 8``), both with
+    float32 row scales ``w_scale (N,)``."""
+    from lsgq_compiler.hadamard import rotate, rotate_matmul
+
+    from . import fp8_prologue as fp
+
+    int4 = weight.dtype == torch.uint8
+    n = weight.shape[0]
+    k = x.shape[1]
+    cap = _cap(x.device)
+    if cap is not None and cap >= (8, 9) and fp.available(x.device) and k % 16 == 0 and n % 16 == 0 \
+            and x.dtype == torch.bfloat16:
+        if block and block != fp.ROT_BLOCK:
+            x, block = rotate_matmul(x, signs, block), 0
+        xq, xs = fp.rotate_quantize_fp8(x, signs, block)
+        w = fp.unpack_int4_fp8(weight) if int4 else weight
+        return torch._scaled_mm(xq, w.t(), scale_a=xs.reshape(-1, 1), scale_b=w_scale.reshape(1, -1).float(),
+                                bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
+    if block:
+        x = (rotate_matmul if x.is_cuda else rotate)(x, signs, block)
+    xq, xs = act_fp8_row(x)
+    w = fp.unpack_int4_fp8_reference(weight) if int4 else weight
+    acc = xq.float() @ w.float().t()
+    return _bias_out(acc * xs[:, None] * w_scale.float()[None, :], bias, x.dtype)
+
+
+@_rot_fp8_linear.register_fake
+def _(x, weight, w_scale, bias, signs, block):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   signs: Optional[torch.Tensor] = None, block: int = 0) -> torch.Tensor:
+    """``x (..., K)`` -> ``(..., N)`` through ``lsgq::rot_fp8_linear``."""
+    y = torch.ops.lsgq.rot_fp8_linear(_rows_of(x), weight, w_scale, bias, signs, int(block))
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

@@ -1,7 +1,7 @@
 """Deploy checkpoint: save_pretrained -> from_pretrained in a fresh process, targets, refusals.
 
 Thresholds, per deploy kind, of the loaded model against the compiled QuantizedModel on the CPU:
-- ``int4_fp8``, ``fp8_row``, ``int4_weight`` (CUDA targets, run here by their float CPU reference
+- ``int4r_fp8``, ``int4_fp8``, ``fp8_row``, ``int4_weight`` (CUDA targets, run here by their float CPU reference
   of the same numbers): bit-exact (the reference computes what the fake quantizers compute);
 - ``int8_row`` (target ``cpu``, real ``torch._int_mm``): >= 40 dB SQNR (integer accumulation
   against the fake-quant float GEMM);
@@ -59,8 +59,9 @@ def ckpts(tmp_path_factory):
     lq = torch.rand(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     vinp = vsr.transformer_inputs(lq)
     qm = compile_quantized(vsr.transformer, vinp, QuantConfig(recipe="minmax", weight_bits=4, act_bits=4,
-                                                              target="cuda-sm90"), calib_data=[vinp], progress=False)
-    out["vsr-cuda-sm90"] = (qm, save_pretrained(qm, root / "vsr-cuda-sm90"), vinp, qm(**vinp).detach())
+                                                              target="cuda-sm90-g128"), calib_data=[vinp],
+                           progress=False)
+    out["vsr-cuda-sm90-g128"] = (qm, save_pretrained(qm, root / "vsr-cuda-sm90-g128"), vinp, qm(**vinp).detach())
     # LSGQuant (DRAQ folded, low-rank, Hadamard, QAO), quick budget
     qm = compile_quantized(wan, winp, QuantConfig(recipe="lsgquant", weight_bits=4, act_bits=4, target="cuda-sm90",
                                                   options={"sensitivity": "qerror", "light_iters": 2, "full_iters": 3,
@@ -112,9 +113,9 @@ def test_fresh_process_load_matches(ckpts):
     r = subprocess.run([sys.executable, "-c", FRESH, str(root)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = load_file(str(root / "outputs.safetensors"))
-    for name in ("wan-cuda-sm90", "vsr-cuda-sm90", "wanlsgq-cuda-sm90", "cog-cuda-sm90"):
+    for name in ("wan-cuda-sm90", "vsr-cuda-sm90-g128", "wanlsgq-cuda-sm90", "cog-cuda-sm90"):
         assert sqnr(out[name][3], got[name]) >= 40.0, (name, sqnr(out[name][3], got[name]))
-    for name in ("wan-cuda-sm90", "vsr-cuda-sm90"):  # same CPU math as the fake quantizers: bit for bit
+    for name in ("wan-cuda-sm90", "vsr-cuda-sm90-g128"):  # same CPU math as the fake quantizers: bit for bit
         assert torch.equal(got[name], out[name][3].reshape(got[name].shape)), (name, sqnr(out[name][3], got[name]))
     assert sqnr(out["wan-cpu"][3], got["wan-cpu"]) >= 40.0
     assert sqnr(out["wan-sim"][3], got["wan-sim"]) >= 80.0
@@ -150,9 +151,15 @@ def test_report_and_targets(ckpts):
     qm = out["wan-cuda-sm90"][0]
     rows = [r for r in qm.report() if r.get("target")]
     assert rows and all(r["asked"] == "W4A4" for r in rows)
-    # tiny Wan: K = 32 / 64, not multiples of 128 -> FP8 rowwise W8A8, and the note says why
-    assert all("FP8" in r["became"] and "not a multiple of 128" in r["note"] for r in rows)
-    vsr = out["vsr-cuda-sm90"][0]
+    # cuda-sm90: W4 -> int4 per row x FP8 rows (K = 32 / 64 are multiples of 16); A4 -> A8, and the note says so
+    assert all(r["became"].startswith("W4 int4 sym per row") and "A4 -> A8 FP8" in r["note"] for r in rows)
+    kinds = {s.extra["target"]["kind"] for s in qm.plan.layers.values() if "target" in s.extra}
+    assert kinds == {"int4r_fp8"}
+    # cuda-sm90-g128 on tiny Wan would need K % 128: K = 32 / 64 -> FP8 rowwise W8A8, with the reason
+    from lsgq_compiler.deploy.targets import resolve
+    kind, note = resolve("cuda-sm90-g128", 4, 4, 64)
+    assert kind == "fp8_row" and "not a multiple of 128" in note
+    vsr = out["vsr-cuda-sm90-g128"][0]
     kinds = {s.extra["target"]["kind"] for s in vsr.plan.layers.values() if "target" in s.extra}
     assert kinds == {"int4_fp8"}  # TinyVSR: K = 384 / 1536, multiples of 128
     lsgq = out["wanlsgq-cuda-sm90"][0]
@@ -175,7 +182,7 @@ def test_deploy_linear_bit_exact_with_quant_linear():
     from lsgq_compiler.qlinear import QuantLinear
 
     torch.manual_seed(0)
-    for kind in ("int4_fp8", "int4_weight", "fp8_row"):
+    for kind in ("int4r_fp8", "int4_fp8", "int4_weight", "fp8_row"):
         m = QuantLinear(torch.randn(256, 384), torch.randn(256), LayerSpec("x", 384, 256, 4, 8))
         m.apply_smoothing(torch.rand(384) + 0.5)
         m.apply_lowrank(4)
@@ -400,3 +407,43 @@ def test_refuses_unknown_target_and_unsupported_recipe():
     with pytest.raises(ValueError, match="recipe 'qdit4sr' cannot target 'cuda-sm90'"):
         compile_quantized(tiny_wan(), wan_inputs(), QuantConfig(recipe="qdit4sr", weight_bits=4, act_bits=4,
                                                                 target="cuda-sm90"), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
+def test_int4r_deploy_linear_on_cuda_matches_cpu_reference():
+    """``int4r_fp8`` with smoothing, a bf16 low-rank branch and Hadamard blocks of 128 and 512: the CUDA
+    path (Triton prologue, int4 -> FP8 unpack, ``_scaled_mm``, low-rank by ``addmm``) against the
+    layer's CPU path (the fake-quant model's numbers), >= 35 dB; compiled (fullgraph) == eager."""
+    from lsgq_compiler.deploy.modules import DeployLinear
+    from lsgq_compiler.deploy.numerics import KIND_QUANTIZERS, TargetActQuant, TargetWeightQuant, snap_bf16
+    from lsgq_compiler.hadamard import random_signs
+    from lsgq_compiler.kernels import fp8_prologue
+    from lsgq_compiler.plan import LayerSpec
+    from lsgq_compiler.qlinear import QuantLinear
+
+    if not fp8_prologue.available("cuda"):
+        pytest.skip("needs Triton and sm_89+")
+    torch.manual_seed(0)
+    for block in (128, 512):
+        m = QuantLinear(torch.randn(384, 1024) * 0.03, torch.randn(384), LayerSpec("x", 1024, 384, 4, 8))
+        m.apply_smoothing(torch.rand(1024) + 0.5)
+        m.apply_lowrank(8)
+        with torch.no_grad():
+            m.lr_down.copy_(snap_bf16(m.lr_down))
+            m.lr_up.copy_(snap_bf16(m.lr_up))
+        m.apply_rotation(random_signs(1024, 0), block)
+        wk, ak = KIND_QUANTIZERS["int4r_fp8"]
+        m.wq, m.aq = TargetWeightQuant(wk), TargetActQuant(ak)
+        d = DeployLinear.from_quant_linear(m, "int4r_fp8")
+        x = torch.randn(3, 700, 1024)
+        with torch.no_grad():
+            ref = d(x)
+            dc = DeployLinear.from_quant_linear(m, "int4r_fp8").cuda()
+            for name, b in list(dc._buffers.items()):
+                if b is not None and b.is_floating_point() and name in ("bias", "smooth", "rot_signs"):
+                    setattr(dc, name, b.to(torch.bfloat16))
+            y = dc(x.cuda().to(torch.bfloat16))
+            assert y.dtype == torch.bfloat16 and y.shape == (3, 700, 384)
+            assert sqnr(ref, y.float().cpu()) >= 35.0, (block, sqnr(ref, y.float().cpu()))
+            yc = torch.compile(dc, fullgraph=True)(x.cuda().to(torch.bfloat16))
+            assert sqnr(y.float(), yc.float()) >= 50.0

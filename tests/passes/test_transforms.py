@@ -59,3 +59,20 @@ def test_rank_for_share_matches_paper_share():
     assert r == 16 or abs(r * 2 * 3072 / 3072**2 - 0.0104) < 0.002
     assert rank_for_share(3072, 3072, 2 * 32 / 3072) == 32
     assert rank_for_share(8, 8, 0.02) == 1  # at least rank 1
+
+
+def test_rotation_block_cap_follows_the_target():
+    """CUDA deploy targets cap Hadamard blocks at 128 (the fused prologue's block); ``sim`` and the
+    CPU keep the largest power of two; ``options["hadamard_max_block"]`` overrides both."""
+    from lsgq_compiler import QuantConfig
+    from lsgq_compiler.hadamard import hadamard_block_size
+    from lsgq_compiler.passes.infra import PassContext
+    from lsgq_compiler.passes.rotate import default_max_block
+
+    def cap(target, **opts):
+        return default_max_block(PassContext(QuantConfig(recipe="lsgquant", target=target, options=opts), None))
+
+    assert cap("cuda-sm90") == 128 and cap("cuda-sm90-g128") == 128 and cap("cuda-sm80") == 128
+    assert cap("sim") is None and cap("cpu") is None
+    assert cap("cuda-sm90", hadamard_max_block=4096) == 4096 and cap("sim", hadamard_max_block=64) == 64
+    assert hadamard_block_size(12288, cap("cuda-sm90")) == 128 and hadamard_block_size(12288, cap("sim")) == 4096
