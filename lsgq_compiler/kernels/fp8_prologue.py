@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from lsgq_compiler.hadamard import sylvester
+
 try:  # Triton comes with CUDA builds of torch; CPU CI has none
     import triton
     import triton.language as tl
@@ -42,21 +44,13 @@ def available(device: torch.device | str | None = None) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def hadamard_pm1(n: int, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """The ``(n, n)`` Sylvester Hadamard matrix of +-1 (unnormalized), ``n`` a power of two."""
-    h = torch.ones(1, 1, device=device, dtype=torch.float32)
-    while h.shape[0] < n:
-        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
-    return h.to(dtype)
-
-
 def rotate_quantize_fp8_reference(x: torch.Tensor, signs: torch.Tensor | None, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Float reference of :func:`rotate_quantize_fp8`: ``x (M, K)`` -> ``(x_fp8 (M, K), scale float32 (M,))``."""
     xf = x.float()
     if block:
         m, k = xf.shape
         xs = xf * signs.float()
-        xf = (xs.reshape(m, k // block, block) @ hadamard_pm1(block, x.device, torch.float32)).reshape(m, k) \
+        xf = (xs.reshape(m, k // block, block) @ sylvester(block, x.device, torch.float32)).reshape(m, k) \
             * block ** -0.5
     scale = xf.abs().amax(-1).clamp_min(EPS) / FP8_MAX
     return (xf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
@@ -113,9 +107,6 @@ if triton is not None:
         tl.store(out_ptr + o, out, mask=o < 2 * n_bytes)
 
 
-_H: dict[tuple, torch.Tensor] = {}
-
-
 def rotate_quantize_fp8(x: torch.Tensor, signs: torch.Tensor | None = None,
                         block: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate (block-Hadamard, ``block`` 0 or 128) and quantize to FP8 e4m3 per row, fused.
@@ -138,10 +129,7 @@ def rotate_quantize_fp8(x: torch.Tensor, signs: torch.Tensor | None = None,
     if m == 0:
         return q, scale
     if block:
-        key = (x.device, x.dtype)
-        if key not in _H:
-            _H[key] = hadamard_pm1(ROT_BLOCK, x.device, x.dtype).contiguous()
-        h, s = _H[key], signs.to(device=x.device, dtype=x.dtype).contiguous()
+        h, s = sylvester(ROT_BLOCK, x.device, x.dtype), signs.to(device=x.device, dtype=x.dtype).contiguous()
     else:
         h = s = x  # unused
     grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
