@@ -27,7 +27,7 @@ KNOWN_OPTIONS: frozenset[str] = frozenset({
     "act", "alpha", "attention_calib_batches", "attention_min_kv", "attention_min_sqnr_db", "block",
     "block_fraction", "bound_iters", "draq", "draq_static", "e2e_iters", "full_iters", "grid", "group_size",
     "hadamard_max_block",
-    "image_iters", "lba_iters", "let_iters", "light_iters", "lowrank_iters", "lowrank_share", "lr",
+    "image_iters", "lba_iters", "let_iters", "light_iters", "lowrank_in_gemm", "lowrank_iters", "lowrank_share", "lr",
     "metric_batches", "mixed_precision", "module_iters", "observe_grads", "observe_tokens", "probes", "qao_iters",
     "rank", "rank_step", "rotate", "sensitivity", "skew_threshold", "target_draq_alpha", "train_iters",
     "train_mode", "train_tokens", "uniform_bits", "volts",

@@ -114,6 +114,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("smooth", None)
         self.register_buffer("rot_signs", None)
         self.rot_block = 0
+        #: the low-rank branch rides in the FP8 GEMM (set by the target pass for per-row FP8 kinds:
+        #: :func:`lsgq_compiler.deploy.numerics.lowrank_in_gemm_linear`)
+        self.lowrank_in_gemm = False
         self.lr_down: nn.Parameter | None = None
         self.lr_up: nn.Parameter | None = None
         self.wq: WeightQuant | None = None
@@ -199,18 +202,31 @@ class QuantLinear(nn.Module):
             self.stats.update(x)
         if self.smooth is not None:
             x = x / self.smooth
-        y_lr = F.linear(F.linear(x, self.lr_down), self.lr_up) if self.lr_down is not None else None
-        if self.rot_block:
-            x = rotate(x, self.rot_signs, self.rot_block)
-        if self.aq is not None:
-            x = self.aq(x)
-        y = F.linear(x, self.quantized_weight(), self.bias)
-        y = y if y_lr is None else y + y_lr
+        if self.lowrank_in_gemm and self.lr_down is not None:
+            y = self._lowrank_in_gemm(x)
+        else:
+            y_lr = F.linear(F.linear(x, self.lr_down), self.lr_up) if self.lr_down is not None else None
+            if self.rot_block:
+                x = rotate(x, self.rot_signs, self.rot_block)
+            if self.aq is not None:
+                x = self.aq(x)
+            y = F.linear(x, self.quantized_weight(), self.bias)
+            y = y if y_lr is None else y + y_lr
         if self.stats is not None and self.stats.track_grads and torch.is_grad_enabled():
             with torch.no_grad():
                 dy = self.plain_quant_error(x_in)
             y = self.stats.watch_output(y, dy)
         return y
+
+    def _lowrank_in_gemm(self, xs: torch.Tensor) -> torch.Tensor:
+        """``xs (..., K)`` smoothed input -> ``(..., N)``: quantized path and low-rank branch in one FP8
+        GEMM over ``K + r`` columns, exactly as the deploy kernel computes it."""
+        from lsgq_compiler.deploy import numerics as nx
+
+        xr = rotate(xs, self.rot_signs, self.rot_block) if self.rot_block else xs
+        with torch.no_grad():
+            ws = nx.weight_row_scale(self.weight.detach(), self.wq.kind)
+        return nx.lowrank_in_gemm_linear(xr, xs, self.quantized_weight(), ws, self.bias, self.lr_down, self.lr_up)
 
     def plain_quant_error(self, x: torch.Tensor, channel_absmax: torch.Tensor | None = None) -> torch.Tensor:
         """``Q(X) Q(W)^T - X W^T`` for ``x: (..., K)`` at this layer's planned bits and

@@ -17,6 +17,10 @@ The pass is idempotent and inserted by :func:`insert_target_passes` before the r
 low-rank / rotation / quantizer pass (specs converted, DRAQ folded before the low-rank split),
 after every ``InsertQuantizers`` (quantizers replaced before any training) and at the end
 (``final``: low-rank factors rounded to bf16, their deploy dtype, and quantizers re-checked).
+
+Per-row FP8 kinds (``int4r_fp8``, ``fp8_row``) carry a layer's low-rank branch inside the FP8 GEMM
+(``K + rank`` columns under one activation row scale, :func:`~lsgq_compiler.deploy.numerics.lowrank_in_gemm_linear`),
+so training sees that rounding; ``options["lowrank_in_gemm"] = False`` keeps it as bf16 GEMMs beside the kernel.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from typing import Any
 import torch
 from torch import fx
 
-from lsgq_compiler.deploy.numerics import KIND_QUANTIZERS, TargetActQuant, TargetWeightQuant, snap_bf16
+from lsgq_compiler.deploy.numerics import (KIND_QUANTIZERS, LOWRANK_IN_GEMM_KINDS, TargetActQuant, TargetWeightQuant,
+                                           snap_bf16)
 from lsgq_compiler.deploy.targets import KINDS, TARGETS, resolve
 from lsgq_compiler.errors import user_error
 
@@ -57,6 +62,7 @@ class ApplyTarget(PassBase):
     def call(self, gm: fx.GraphModule) -> PassResult:
         target = self.ctx.config.target
         alpha = float(self.ctx.option("target_draq_alpha", 0.5))
+        in_gemm = bool(self.ctx.option("lowrank_in_gemm", True))
         for _, m in quant_nodes(gm):
             s = m.spec
             rec = s.extra.get("target")
@@ -85,6 +91,7 @@ class ApplyTarget(PassBase):
                 m.aq = None
             elif not isinstance(m.aq, TargetActQuant) or m.aq.kind != ak:
                 m.aq = TargetActQuant(ak)
+            m.lowrank_in_gemm = wk in LOWRANK_IN_GEMM_KINDS and ak == "fp8_row" and in_gemm
             m._wcache = None
             m.kernel_info = {"backend": f"fake-quant (target {target})", "kernel": f"simulated {rec['kernel']}",
                              "real_kernel": False, "note": rec["note"], "target": target, "asked": rec["asked"]["format"],
@@ -94,6 +101,8 @@ class ApplyTarget(PassBase):
                     m.lr_down.copy_(snap_bf16(m.lr_down))
                     m.lr_up.copy_(snap_bf16(m.lr_up))
                 rec["lowrank_dtype"] = "bfloat16"
+                rec["lowrank"] = ("FP8 in the GEMM (K + rank columns, one row scale)" if m.lowrank_in_gemm
+                                  else "bf16 GEMMs beside the kernel")
         return PassResult(gm, False)
 
     def _fold_draq(self, m, rec: dict) -> None:

@@ -10,6 +10,10 @@ fake-quant model)::
     x_s = x / smooth                                  # optional
     y   = kernel(rotate(x_s)) + bias + (x_s L_down^T) L_up^T
 
+With ``lowrank_in_gemm`` (per-row FP8 kinds) the low-rank branch runs inside the FP8 GEMM as
+``rank`` extra columns (:func:`~lsgq_compiler.deploy.numerics.lowrank_in_gemm_linear`), and on CUDA
+smoothing, rotation and the low-rank projection are one Triton prologue.
+
 ``kernel`` by ``kind`` (:mod:`.targets`): ``int4r_fp8``, ``int4_fp8``, ``int4_weight``, ``fp8_row``,
 ``int8_row`` (real kernels through :mod:`lsgq_compiler.kernels.deploy_ops` on CUDA; on the CPU
 ``int8_row`` runs ``torch._int_mm`` and the others a float reference of the same numbers) or
@@ -128,6 +132,8 @@ class DeployLinear(nn.Module):
                                "bias": m.bias is not None, "rank": 0 if m.lr_down is None else int(m.lr_down.shape[0]),
                                "rot_block": int(m.rot_block), "smooth": m.smooth is not None,
                                "dtype": str(w.dtype).replace("torch.", "")}
+        if m.lr_down is not None and getattr(m, "lowrank_in_gemm", False) and kind in ("int4r_fp8", "fp8_row"):
+            cfg["lowrank_in_gemm"] = True
         if kind == "sim":
             if isinstance(m.wq, WeightQuant) and type(m.wq) is WeightQuant:
                 cfg["weight"] = {"bits": s.weight_bits, "granularity": m.wq.granularity, "group_size": m.wq.group_size,
@@ -193,6 +199,7 @@ class DeployLinear(nn.Module):
         if k in ("int4_fp8", "int4_weight"):
             return nx.dequantize_int4_g128(self._codes_int4(), self.scales, kernel="fp8" if k == "int4_fp8" else "bf16")
         if k == "fp8_row":
+            self._check_not_released()
             return self.w_fp8.float() * self.w_scale[:, None]
         if k == "int8_row":
             return self.w_int8.float() * self.w_scale[:, None]
@@ -210,7 +217,14 @@ class DeployLinear(nn.Module):
 
         ``release``: drop the stored codes afterwards (the kernel layout is a second copy of the
         same weights); the layer then runs but cannot be saved or dequantized again."""
-        if self._packed is not None or self.kind not in ("int4_fp8", "int4_weight") or self.scales.device.type != "cuda":
+        if self._packed is not None or self.kind not in ("int4_fp8", "int4_weight", "int4r_fp8", "fp8_row") \
+                or self.w_scale_or_scales().device.type != "cuda":
+            return
+        if self.kind in ("int4r_fp8", "fp8_row"):
+            self._packed = self._fp8_operands()
+            if release and self.kind == "fp8_row" and self._packed["weight"] is not self.w_fp8:
+                self.w_fp8 = self.w_fp8.new_empty((0,))  # the (N, K + R) copy with the low-rank columns replaces it
+                self._released = True
             return
         from lsgq_compiler.kernels import deploy_ops as ops
 
@@ -226,6 +240,34 @@ class DeployLinear(nn.Module):
             if self.kind == "int4_fp8":
                 self.scales = self.scales.new_empty((0,))
             self._released = True
+
+    def w_scale_or_scales(self) -> torch.Tensor:
+        return self.scales if self.kind in ("int4_fp8", "int4_weight") else self.w_scale
+
+    def _fp8_operands(self) -> dict[str, Any]:
+        """The operands of ``lsgq::rot_fp8_linear`` for this layer (kinds ``int4r_fp8`` / ``fp8_row``):
+        ``weight``, ``col (K,)`` float32 = rotation signs / smooth (None if neither), ``block``, and with
+        the low-rank branch in the GEMM ``lr_down (r, K)`` bf16 = ``L_down * signs / c`` and ``lr_up
+        (N, 3R)`` float8_e4m3fn, the split columns of ``L_up c / w_scale``
+        (:func:`~lsgq_compiler.kernels.fp8_prologue.lowrank_weight_cols`; appended to an FP8 weight).
+        Built once by :meth:`prepare` on CUDA."""
+        if self._packed is not None:
+            return self._packed
+        col = self.rot_signs.float() if self.rot_block else None
+        if self.smooth is not None:
+            col = 1.0 / self.smooth.float() if col is None else col / self.smooth.float()
+        weight = self.qweight if self.kind == "int4r_fp8" else self.w_fp8
+        down = up = None
+        if self.cfg.get("lowrank_in_gemm") and self.lr_down is not None:
+            c = nx.lowrank_col_scale(self.lr_down)
+            d = self.lr_down.float() / c[:, None]
+            down = (d * self.rot_signs.float() if self.rot_block else d).to(torch.bfloat16)
+            from lsgq_compiler.kernels import fp8_prologue as fp
+
+            up = fp.lowrank_weight_cols(self.lr_up.float() * c[None, :] / self.w_scale[:, None])
+            if self.kind == "fp8_row":
+                weight, up = fp._append_rank_cols(self.w_fp8, up), None
+        return {"weight": weight, "col": col, "block": self.rot_block, "lr_down": down, "lr_up": up}
 
     def _check_not_released(self) -> None:
         if getattr(self, "_released", False):
@@ -266,13 +308,17 @@ class DeployLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(..., K)`` -> ``(..., N)``."""
+        fused = x.is_cuda and self.kind in ("int4r_fp8", "fp8_row")
+        if fused and (self.lr_down is None or self.cfg.get("lowrank_in_gemm")):
+            return _cuda_gemm(self, x)  # smoothing, rotation and the low-rank branch inside the op
         if self.smooth is not None:
             x = x / self.smooth.to(x.dtype)
-        if x.is_cuda and self.kind in ("int4r_fp8", "fp8_row"):  # rotation fused into the kernel's prologue
-            y = _cuda_gemm(self, x)
-            if self.lr_down is None:
-                return y
-            # the low-rank branch accumulated onto y in the GEMM's epilogue (addmm: no separate add pass)
+        if self.cfg.get("lowrank_in_gemm") and self.lr_down is not None:  # CPU: the same numbers in float
+            xr = rotate(x, self.rot_signs, self.rot_block) if self.rot_block else x
+            return nx.lowrank_in_gemm_linear(xr, x, self.dequantized_weight().to(x.dtype), self.w_scale, self.bias,
+                                             self.lr_down.to(x.dtype), self.lr_up.to(x.dtype))
+        if fused:  # an older checkpoint: low-rank branch beside the kernel, accumulated by addmm
+            y = _cuda_gemm(self, x, smoothed=True)
             z = F.linear(x, self.lr_down.to(x.dtype)).reshape(-1, self.lr_down.shape[0])
             return torch.addmm(y.reshape(-1, self.out_features), z, self.lr_up.to(x.dtype).t()).reshape(y.shape)
         y_lr = None
@@ -296,7 +342,8 @@ class DeployLinear(nn.Module):
                         "real_kernel": False}
             return {"backend": "lsgq deploy", "real_kernel": True,
                     "kernel": f"{op} (Triton rotate+quantize prologue" + (", int4 -> FP8 unpack" if self.kind ==
-                                                                          "int4r_fp8" else "") + ", _scaled_mm)"}
+                                                                          "int4r_fp8" else "") + ", _scaled_mm"
+                    + (", low-rank as K + rank FP8 columns)" if self.cfg.get("lowrank_in_gemm") else ")")}
         if device == "cuda":
             return {"backend": "lsgq deploy", "kernel": op, "real_kernel": True}
         if self.kind == "int8_row":
@@ -342,8 +389,9 @@ def _make_act_quant(a: dict[str, Any], k: int, device: Any) -> nn.Module:
     return aq
 
 
-def _cuda_gemm(mod: DeployLinear, x: torch.Tensor) -> torch.Tensor:
-    """The real kernel on CUDA (:mod:`lsgq_compiler.kernels.deploy_ops`), computing in bf16."""
+def _cuda_gemm(mod: DeployLinear, x: torch.Tensor, smoothed: bool = False) -> torch.Tensor:
+    """The real kernel on CUDA (:mod:`lsgq_compiler.kernels.deploy_ops`), computing in bf16.
+    ``smoothed``: ``x`` is already divided by the layer's smoothing vector."""
     from lsgq_compiler.errors import user_error
 
     try:
@@ -361,9 +409,12 @@ def _cuda_gemm(mod: DeployLinear, x: torch.Tensor) -> torch.Tensor:
             y = ops.int4_fp8_linear(x2, mod._packed, bias)
         else:
             y = ops.int4_weight_linear(x2, mod._packed["qweight"], mod._packed["scales"], bias)
-    elif mod.kind in ("int4r_fp8", "fp8_row"):  # rotation (if any) in the op's prologue
-        w = mod.qweight if mod.kind == "int4r_fp8" else mod.w_fp8
-        y = ops.rot_fp8_linear(x2, w, mod.w_scale, bias, mod.rot_signs, mod.rot_block)
+    elif mod.kind in ("int4r_fp8", "fp8_row"):  # smoothing, rotation, low-rank in the op
+        p = mod._fp8_operands()
+        col = p["col"]
+        if smoothed:  # x already divided by smooth: only the signs remain
+            col = mod.rot_signs.float() if mod.rot_block else None
+        y = ops.rot_fp8_linear(x2, p["weight"], mod.w_scale, bias, col, p["block"], p["lr_down"], p["lr_up"])
     else:
         y = ops.int8_linear(x2, mod.w_int8, mod.w_scale, bias)
     return y.to(x.dtype).reshape(*lead, mod.out_features)

@@ -231,3 +231,79 @@ KIND_QUANTIZERS: dict[str, tuple[str, str | None]] = {
 def snap_bf16(t: torch.Tensor) -> torch.Tensor:
     """``t`` rounded to bf16-representable values, in ``t``'s dtype."""
     return t.to(torch.bfloat16).to(t.dtype)
+
+
+# ----------------------------------------------------------------------------- low-rank branch in the FP8 GEMM
+#: weight kinds (with FP8 per-row activations) whose GEMM also carries the layer's low-rank branch
+LOWRANK_IN_GEMM_KINDS = ("int4_row", "fp8_row")
+
+
+def lowrank_col_scale(down: torch.Tensor) -> torch.Tensor:
+    """Per rank ``j`` the power of two nearest ``||L_down[j]||_2``: ``down (r, K)`` -> ``(r,)`` float32.
+
+    ``t_j = x_s . L_down[j] / c_j`` is then about as large as one entry of the rotated input (a
+    projection on a unit vector), so both share one FP8 row scale; powers of two keep
+    ``L_down / c`` and ``L_up * c`` exact."""
+    norm = down.detach().float().norm(dim=1).clamp_min(2.0 ** -60)
+    return torch.exp2(torch.round(torch.log2(norm)))
+
+
+def weight_row_scale(w: torch.Tensor, kind: str) -> torch.Tensor:
+    """The float32 ``(N,)`` row scale of a per-row weight kind (``int4_row`` or ``fp8_row``)."""
+    if kind == "int4_row":
+        return quantize_weight_int4_row(w)[1]
+    if kind == "fp8_row":
+        return quantize_weight_fp8_row(w)[1]
+    raise ValueError(f"weight kind {kind!r} has no per-row scale; use one of {LOWRANK_IN_GEMM_KINDS}")
+
+
+def _e4m3(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+
+
+def fp8_split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``v`` (float, within +-448) as two FP8 e4m3 terms: ``hi = e4m3(v)``, ``lo = e4m3(v - hi)`` (float32);
+    ``hi + lo`` keeps about 8 significant bits where ``hi`` alone keeps 4."""
+    hi = _e4m3(v)
+    return hi, _e4m3(v - hi)
+
+
+def lowrank_in_gemm_linear(xr: torch.Tensor, xs: torch.Tensor, w_dq: torch.Tensor, w_scale: torch.Tensor,
+                           bias: torch.Tensor | None, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """What ``lsgq::rot_fp8_linear`` computes when the low-rank branch rides in the FP8 GEMM.
+
+    ``t = xs L_down^T / c`` (``c``: :func:`lowrank_col_scale`) and ``B = L_up c``. The GEMM's ``A``
+    operand is ``[xr, t_hi, t_lo, t_hi]`` quantized to FP8 per row with one joint scale
+    ``s = max(amax_row(xr), amax_row(t), 1e-12) / 448``, its ``B`` operand ``[W_q, B_hi, B_hi, B_lo]``
+    under the weight's row scale ``w_scale`` (hi/lo: :func:`fp8_split` of ``t / s`` and ``B / w_scale``),
+    so the low-rank product keeps ~8 significant bits (one FP8 term per side would keep 4 and cost
+    ~8 dB of layer SQNR where the branch dominates). Returns
+    ``xq W_q^T + bias + s w_scale (t_hi B_hi + t_lo B_hi + t_hi B_lo)``, with straight-through
+    gradients to ``xr`` and to the low-rank product ``t B^T``.
+
+    Args:
+        xr: ``(..., K)`` rotated (or plain) smoothed activations; xs: ``(..., K)`` smoothed, unrotated.
+        w_dq: ``(N, K)`` the dequantized weight (``codes * w_scale``); w_scale: ``(N,)`` float32.
+        bias: ``(N,)`` or None; down: ``(r, K)``; up: ``(N, r)``.
+    Returns:
+        ``(..., N)`` in ``xr``'s dtype.
+    """
+    dt = xr.dtype
+    c = lowrank_col_scale(down).to(down.device)
+    t = torch.nn.functional.linear(xs, (down / c.to(down.dtype)[:, None]).to(xs.dtype))
+    b = up * c.to(up.dtype)[None, :]
+    with torch.no_grad():
+        xf, tf = xr.float(), t.float()
+        amax = torch.maximum(xf.abs().amax(-1, keepdim=True), tf.abs().amax(-1, keepdim=True))
+        scale = amax.clamp_min(_EPS) / FP8_MAX
+        xq = _e4m3(xf / scale) * scale
+        th, tl = fp8_split(tf / scale)
+        ws = w_scale.float()[:, None].to(b.device)
+        bh, bl = fp8_split(b.float() / ws)
+        lr_q = torch.nn.functional.linear(torch.cat([th, tl, th], -1) * scale, torch.cat([bh, bh, bl], 1) * ws)
+    y = torch.nn.functional.linear(ste(xr, xq.to(dt)), w_dq.to(dt), None if bias is None else bias.to(dt))
+    if torch.is_grad_enabled() and (t.requires_grad or b.requires_grad):
+        lr = ste(torch.nn.functional.linear(t, b.to(t.dtype)), lr_q.to(dt))
+    else:
+        lr = lr_q.to(dt)
+    return y + lr

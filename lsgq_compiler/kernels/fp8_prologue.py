@@ -3,14 +3,16 @@
 Shape notation: ``x: (M, K)`` activations, ``qweight: (N, K // 2)`` uint8 int4 codes (``code + 8``,
 even ``k`` in the low nibble, :func:`lsgq_compiler.deploy.modules.pack_nibbles`).
 
-- :func:`rotate_quantize_fp8`: ``x -> (e4m3(xr / s), s)`` with ``xr = x R`` the block-Hadamard
+- :func:`rotate_quantize_fp8`: ``x -> (e4m3([xr, t] / s), s)`` with ``xr = bf16(x * col) R`` the block-Hadamard
   rotation in blocks of 128 (``R = diag(signs) blockdiag(H_128) / sqrt(128)``; ``block=0``: no
   rotation) and ``s = max(amax_row(xr), 1e-12) / 448`` per row, in one kernel: each program
   holds ``BM`` rows (16 .. 128, autotuned per ``K``), multiplies each 128-wide chunk by the +-1 Hadamard matrix on the tensor cores
   (fp32 accumulation; exact products), takes the row maxima in a first sweep and writes the FP8
   codes in a second sweep over the same rows (the rows' bytes are still in L2). It replaces the
   rotation's matmul, the rounding of ``xr`` to bf16 and the several passes of an unfused
-  per-row quantization.
+  per-row quantization. ``col`` folds the layer's ``1 / smooth`` into the load (no separate pass
+  over ``x``); with a low-rank factor the same tiles also give ``t = x_s L_down^T / c`` (the
+  branch then runs inside the FP8 GEMM as ``R`` extra columns, one joint row scale).
 - :func:`unpack_int4_fp8`: the int4 codes as FP8 e4m3 values (exact: integers in [-8, 7]), one
   pass over the packed bytes; the ``int4r_fp8`` GEMM then runs on the FP8 tensor cores.
 
@@ -44,26 +46,68 @@ def available(device: torch.device | str | None = None) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def rotate_quantize_fp8_reference(x: torch.Tensor, signs: torch.Tensor | None, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float reference of :func:`rotate_quantize_fp8`: ``x (M, K)`` -> ``(x_fp8 (M, K), scale float32 (M,))``."""
-    xf = x.float()
+def _pad_rank(r: int) -> int:
+    """``r`` rounded up to a power of two >= 16 (``R``; zero rows / columns pad)."""
+    return 0 if r == 0 else max(16, 1 << (r - 1).bit_length())
+
+
+def lowrank_cols(r: int) -> int:
+    """The GEMM columns a rank-``r`` branch takes: ``3 R`` (``t_hi, t_lo, t_hi`` against ``B_hi, B_hi, B_lo``)."""
+    return 3 * _pad_rank(r)
+
+
+def _split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    hi = v.clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return hi, (v - hi.float()).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def lowrank_weight_cols(b: torch.Tensor) -> torch.Tensor:
+    """``b = L_up c / w_scale`` float ``(N, r)`` -> the GEMM's low-rank columns ``(N, 3 R)`` float8_e4m3fn:
+    ``[B_hi, B_hi, B_lo]``, each zero-padded to ``R`` columns."""
+    n, r = b.shape
+    hi, lo = _split(b.float())
+    pad = torch.zeros((n, _pad_rank(r) - r), dtype=torch.uint8, device=b.device)
+    parts = [hi.view(torch.uint8), pad, hi.view(torch.uint8), pad, lo.view(torch.uint8), pad]
+    return torch.cat(parts, 1).view(FP8)
+
+
+def rotate_quantize_fp8_reference(x: torch.Tensor, col: torch.Tensor | None, block: int,
+                                  lr_down: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float reference of :func:`rotate_quantize_fp8`: ``x (M, K)`` -> ``(q (M, K + 3R) e4m3, scale float32 (M,))``.
+
+    ``xd = x * col`` in x's dtype (``col``: the per-column multiplier, None = 1), ``xr = xd H_block /
+    sqrt(block)`` (``block = 0``: ``xr = xd``), ``t = xd lr_down^T`` (``lr_down (r, K)``, zero-padded to
+    ``R`` = :func:`_pad_rank` rows), ``scale = max(amax_row([xr, t]), 1e-12) / 448``,
+    ``q = [e4m3(xr / scale), t_hi, t_lo, t_hi]`` with ``t_hi = e4m3(t / scale)``, ``t_lo = e4m3(t / scale - t_hi)``."""
+    xd = x if col is None else (x.float() * col.float()).to(x.dtype)
+    xf = xd.float()
+    m, k = xf.shape
     if block:
-        m, k = xf.shape
-        xs = xf * signs.float()
-        xf = (xs.reshape(m, k // block, block) @ sylvester(block, x.device, torch.float32)).reshape(m, k) \
+        xf = (xf.reshape(m, k // block, block) @ sylvester(block, x.device, torch.float32)).reshape(m, k) \
             * block ** -0.5
-    scale = xf.abs().amax(-1).clamp_min(EPS) / FP8_MAX
-    return (xf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+    amax = xf.abs().amax(-1)
+    t = None
+    if lr_down is not None:
+        r = lr_down.shape[0]
+        t = torch.cat([xd.float() @ lr_down.float().t(), xf.new_zeros((m, _pad_rank(r) - r))], 1)
+        amax = torch.maximum(amax, t.abs().amax(-1))
+    scale = amax.clamp_min(EPS) / FP8_MAX
+    q = (xf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    if t is None:
+        return q, scale
+    hi, lo = _split(t / scale[:, None])
+    return torch.cat([v.view(torch.uint8) for v in (q, hi, lo, hi)], 1).view(FP8), scale
 
 
 if triton is not None:
 
     @triton.autotune(configs=[triton.Config({"BM": bm}, num_warps=w, num_stages=st)
                               for bm, w, st in ((16, 4, 3), (32, 4, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2))],
-                     key=["K", "ROT"])
+                     key=["K", "ROT", "R"])
     @triton.jit
-    def _rot_quant_kernel(x_ptr, s_ptr, h_ptr, q_ptr, scale_ptr, M, K, stride_x, stride_q, norm,
-                          ROT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    def _rot_quant_kernel(x_ptr, c_ptr, h_ptr, d_ptr, q_ptr, scale_ptr, M, K, stride_x, stride_q, norm,
+                          ROT: tl.constexpr, COL: tl.constexpr, R: tl.constexpr, BM: tl.constexpr,
+                          BK: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
         rmask = rows < M
@@ -71,89 +115,126 @@ if triton is not None:
         if ROT:
             h = tl.load(h_ptr + cols[:, None] * BK + cols[None, :])
         amax = tl.zeros((BM,), dtype=tl.float32)
+        if R > 0:
+            ranks = tl.arange(0, R)
+            t = tl.zeros((BM, R), dtype=tl.float32)
         for k0 in range(0, K, BK):
             cmask = (k0 + cols) < K
             mask = rmask[:, None] & cmask[None, :]
             x = tl.load(x_ptr + rows[:, None] * stride_x + (k0 + cols)[None, :], mask=mask, other=0.0)
+            if COL:
+                x = (x * tl.load(c_ptr + k0 + cols, mask=cmask, other=0.0)[None, :]).to(x_ptr.dtype.element_ty)
             if ROT:
-                sg = tl.load(s_ptr + k0 + cols)
-                y = tl.dot((x * sg[None, :]).to(h.dtype), h) * norm
+                y = tl.dot(x.to(h.dtype), h) * norm
             else:
                 y = x.to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
+            if R > 0:  # low-rank projections from the same tile (lr_down zero-padded to R rows)
+                dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + cols)[None, :], mask=cmask[None, :], other=0.0)
+                t += tl.dot(x.to(tl.bfloat16), tl.trans(dn))
+        if R > 0:
+            amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
         scale = tl.maximum(amax, 1e-12) / 448.0
         tl.store(scale_ptr + rows, scale, mask=rmask)
         for k0 in range(0, K, BK):
             cmask = (k0 + cols) < K
             mask = rmask[:, None] & cmask[None, :]
             x = tl.load(x_ptr + rows[:, None] * stride_x + (k0 + cols)[None, :], mask=mask, other=0.0)
+            if COL:
+                x = (x * tl.load(c_ptr + k0 + cols, mask=cmask, other=0.0)[None, :]).to(x_ptr.dtype.element_ty)
             if ROT:
-                sg = tl.load(s_ptr + k0 + cols)
-                y = tl.dot((x * sg[None, :]).to(h.dtype), h) * norm
+                y = tl.dot(x.to(h.dtype), h) * norm
             else:
                 y = x.to(tl.float32)
             q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
             tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv), mask=mask)
+        if R > 0:  # [t_hi, t_lo, t_hi]: the GEMM's B side is [B_hi, B_hi, B_lo]
+            tq = tl.fdiv(t, scale[:, None], ieee_rounding=True)
+            hi = tl.clamp(tq, -448.0, 448.0).to(tl.float8e4nv)
+            lo = tl.clamp(tq - hi.to(tl.float32), -448.0, 448.0).to(tl.float8e4nv)
+            base = q_ptr + rows[:, None] * stride_q + (K + ranks)[None, :]
+            tl.store(base, hi, mask=rmask[:, None])
+            tl.store(base + R, lo, mask=rmask[:, None])
+            tl.store(base + 2 * R, hi, mask=rmask[:, None])
 
     @triton.jit
-    def _unpack_kernel(p_ptr, out_ptr, n_bytes, BLOCK: tl.constexpr):
+    def _unpack_kernel(p_ptr, out_ptr, n_bytes, KH, LD, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        p = tl.load(p_ptr + offs, mask=offs < n_bytes, other=0).to(tl.int32)
+        bmask = offs < n_bytes
+        p = tl.load(p_ptr + offs, mask=bmask, other=0).to(tl.int32)
         lo = ((p & 15) - 8).to(tl.float32).to(tl.float8e4nv)
         hi = ((p >> 4) - 8).to(tl.float32).to(tl.float8e4nv)
-        out = tl.interleave(lo, hi)
-        o = pid.to(tl.int64) * (2 * BLOCK) + tl.arange(0, 2 * BLOCK)
-        tl.store(out_ptr + o, out, mask=o < 2 * n_bytes)
+        o = (offs // KH) * LD + 2 * (offs % KH)  # output rows of LD columns (codes first, low-rank after)
+        tl.store(out_ptr + tl.interleave(o, o + 1), tl.interleave(lo, hi), mask=tl.interleave(bmask, bmask))
 
 
-def rotate_quantize_fp8(x: torch.Tensor, signs: torch.Tensor | None = None,
-                        block: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate (block-Hadamard, ``block`` 0 or 128) and quantize to FP8 e4m3 per row, fused.
+def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block: int = 0,
+                        lr_down: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale columns, rotate (block-Hadamard, ``block`` 0 or 128), project on the low-rank factor and
+    quantize to FP8 e4m3 per row, fused (numerics: :func:`rotate_quantize_fp8_reference`).
 
     Args:
         x: ``(M, K)`` bf16 or fp16 on CUDA; ``K % 128 == 0`` when rotating.
-        signs: ``(K,)`` of +-1 (the layer's rotation signs), used when ``block``.
+        col: ``(K,)`` per-column multiplier (the rotation signs times ``1 / smooth``) or None.
         block: 0 (no rotation) or 128.
+        lr_down: ``(r, K)`` bf16 low-rank factor (already times ``col``'s signs and ``1 / c``) or None.
     Returns:
-        ``(x_fp8 (M, K) float8_e4m3fn, scale float32 (M,))``; ``x_fp8 * scale ~= x R``.
+        ``(q (M, K + 3R) float8_e4m3fn, scale float32 (M,))``: ``q[:, :K] * scale ~= x R``, then the
+        low-rank projections ``t`` as ``[t_hi, t_lo, t_hi]`` (``R`` = ``r`` padded to a power of two >= 16).
     """
     if not available(x.device) or x.dtype not in (torch.bfloat16, torch.float16):
-        return rotate_quantize_fp8_reference(x, signs, block)
+        return rotate_quantize_fp8_reference(x, col, block, lr_down)
     if block not in (0, ROT_BLOCK):
         raise ValueError(f"the fused kernel rotates in blocks of {ROT_BLOCK} (got {block})")
     x = x.contiguous()
     m, k = x.shape
-    q = torch.empty((m, k), device=x.device, dtype=FP8)
+    r = 0 if lr_down is None else lr_down.shape[0]
+    rp = _pad_rank(r)
+    q = torch.empty((m, k + 3 * rp), device=x.device, dtype=FP8)
     scale = torch.empty((m,), device=x.device, dtype=torch.float32)
     if m == 0:
         return q, scale
-    if block:
-        h, s = sylvester(ROT_BLOCK, x.device, x.dtype), signs.to(device=x.device, dtype=x.dtype).contiguous()
+    h = sylvester(ROT_BLOCK, x.device, x.dtype) if block else x  # x: unused placeholder
+    c = col.to(device=x.device, dtype=torch.float32).contiguous() if col is not None else x
+    if r:
+        d = torch.zeros((rp, k), device=x.device, dtype=torch.bfloat16)
+        d[:r] = lr_down
     else:
-        h = s = x  # unused
+        d = x
     grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
-    _rot_quant_kernel[grid](x, s, h, q, scale, m, k, x.stride(0), q.stride(0), float(ROT_BLOCK ** -0.5),
-                            ROT=bool(block), BK=ROT_BLOCK)
+    _rot_quant_kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0), float(ROT_BLOCK ** -0.5),
+                            ROT=bool(block), COL=col is not None, R=rp, BK=ROT_BLOCK)
     return q, scale
 
 
-def unpack_int4_fp8_reference(qweight: torch.Tensor) -> torch.Tensor:
-    """``qweight uint8 (N, K // 2)`` -> FP8 e4m3 codes ``(N, K)`` (float reference)."""
+def unpack_int4_fp8_reference(qweight: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:
+    """``qweight uint8 (N, K // 2)`` -> FP8 e4m3 ``(N, K + C)``: the codes, then the low-rank columns
+    ``lr_up (N, C)`` float8_e4m3fn (:func:`lowrank_weight_cols`) when given (float reference)."""
     lo = (qweight & 0xF).to(torch.int16) - 8
     hi = (qweight >> 4).to(torch.int16) - 8
-    return torch.stack((lo, hi), -1).reshape(qweight.shape[0], -1).float().to(FP8)
+    w = torch.stack((lo, hi), -1).reshape(qweight.shape[0], -1).float().to(FP8)
+    return w if lr_up is None else _append_rank_cols(w, lr_up)
 
 
-def unpack_int4_fp8(qweight: torch.Tensor) -> torch.Tensor:
-    """The int4 codes of ``qweight uint8 (N, K // 2)`` as FP8 e4m3 values ``(N, K)`` (exact), one pass."""
+def _append_rank_cols(w: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
+    return torch.cat([w.view(torch.uint8), lr_up.view(torch.uint8)], 1).view(FP8)
+
+
+def unpack_int4_fp8(qweight: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:
+    """The int4 codes of ``qweight uint8 (N, K // 2)`` as FP8 e4m3 values (exact), one pass, followed by
+    the low-rank columns ``lr_up (N, C)`` float8_e4m3fn when given: ``(N, K + C)``."""
     if not available(qweight.device):
-        return unpack_int4_fp8_reference(qweight)
+        return unpack_int4_fp8_reference(qweight, lr_up)
     qweight = qweight.contiguous()
     n, kh = qweight.shape
-    out = torch.empty((n, 2 * kh), device=qweight.device, dtype=FP8)
+    extra = 0 if lr_up is None else lr_up.shape[1]
+    ld = 2 * kh + extra
+    out = torch.empty((n, ld), device=qweight.device, dtype=FP8)
+    if extra:
+        out[:, 2 * kh:].view(torch.uint8).copy_(lr_up.view(torch.uint8))
     nb = qweight.numel()
     block = 2048
     if nb:
-        _unpack_kernel[(triton.cdiv(nb, block),)](qweight, out, nb, BLOCK=block, num_warps=4)
+        _unpack_kernel[(triton.cdiv(nb, block),)](qweight, out, nb, kh, ld, BLOCK=block, num_warps=4)
     return out

@@ -166,6 +166,12 @@ def test_report_and_targets(ckpts):
     recs = [s.extra["target"] for s in lsgq.plan.layers.values() if "target" in s.extra]
     assert recs and all("DRAQ per-call channel range -> static channel scale" in r["note"] for r in recs)
     assert all(r.get("lowrank_dtype") == "bfloat16" for r in recs if lsgq.plan.layers)
+    # cuda-sm90 (per-row FP8 kinds): each low-rank branch runs inside the FP8 GEMM, and the checkpoint says so
+    lr = [r for r in recs if "lowrank" in r]
+    assert lr and all(r["lowrank"].startswith("FP8 in the GEMM") for r in lr)
+    cfg = json.loads((out["wanlsgq-cuda-sm90"][1] / "config.json").read_text())
+    layers = cfg["quantization_config"]["layers"]
+    assert sum(bool(c.get("lowrank_in_gemm")) for c in layers.values()) == len(lr)
     lm = from_pretrained(out["wan-cpu"][1])
     rep = deploy_report(lm)
     assert {r["kind"] for r in rep} == {"int8_row", "int8-attention"}
@@ -174,7 +180,8 @@ def test_report_and_targets(ckpts):
 
 def test_deploy_linear_bit_exact_with_quant_linear():
     """One layer with smoothing, a bf16 low-rank branch and a Hadamard rotation: the deploy
-    module's CPU path equals the fake-quant layer bit for bit, for each CUDA kind."""
+    module's CPU path equals the fake-quant layer bit for bit, for each CUDA kind (per-row FP8 kinds
+    with the low-rank branch in the GEMM and beside it)."""
     from lsgq_compiler.deploy.modules import DeployLinear
     from lsgq_compiler.deploy.numerics import KIND_QUANTIZERS, TargetActQuant, TargetWeightQuant, snap_bf16
     from lsgq_compiler.hadamard import random_signs
@@ -182,8 +189,10 @@ def test_deploy_linear_bit_exact_with_quant_linear():
     from lsgq_compiler.qlinear import QuantLinear
 
     torch.manual_seed(0)
-    for kind in ("int4r_fp8", "int4_fp8", "int4_weight", "fp8_row"):
+    for kind, in_gemm in (("int4r_fp8", True), ("int4r_fp8", False), ("int4_fp8", False), ("int4_weight", False),
+                          ("fp8_row", True), ("fp8_row", False)):
         m = QuantLinear(torch.randn(256, 384), torch.randn(256), LayerSpec("x", 384, 256, 4, 8))
+        m.lowrank_in_gemm = in_gemm
         m.apply_smoothing(torch.rand(384) + 0.5)
         m.apply_lowrank(4)
         with torch.no_grad():
@@ -193,6 +202,7 @@ def test_deploy_linear_bit_exact_with_quant_linear():
         wk, ak = KIND_QUANTIZERS[kind]
         m.wq, m.aq = TargetWeightQuant(wk), TargetActQuant(ak) if ak else None
         d = DeployLinear.from_quant_linear(m, kind)
+        assert bool(d.cfg.get("lowrank_in_gemm")) == in_gemm
         x = torch.randn(2, 50, 384)
         with torch.no_grad():
             assert torch.equal(m(x), d(x)), kind
@@ -411,9 +421,11 @@ def test_refuses_unknown_target_and_unsupported_recipe():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
 def test_int4r_deploy_linear_on_cuda_matches_cpu_reference():
-    """``int4r_fp8`` with smoothing, a bf16 low-rank branch and Hadamard blocks of 128 and 512: the CUDA
-    path (Triton prologue, int4 -> FP8 unpack, ``_scaled_mm``, low-rank by ``addmm``) against the
-    layer's CPU path (the fake-quant model's numbers), >= 35 dB; compiled (fullgraph) == eager."""
+    """``int4r_fp8`` with smoothing, a bf16 low-rank branch and Hadamard blocks of 0, 128 and 512: the CUDA
+    path (Triton prologue with 1 / smooth folded in, int4 -> FP8 unpack, ``_scaled_mm``; the low-rank
+    branch as extra FP8 GEMM columns, or by ``addmm``) against the layer's CPU path (the fake-quant
+    model's numbers), >= 35 dB (bf16 rounding of ``x / smooth`` and of the output apart); compiled
+    (fullgraph) == eager."""
     from lsgq_compiler.deploy.modules import DeployLinear
     from lsgq_compiler.deploy.numerics import KIND_QUANTIZERS, TargetActQuant, TargetWeightQuant, snap_bf16
     from lsgq_compiler.hadamard import random_signs
@@ -424,14 +436,16 @@ def test_int4r_deploy_linear_on_cuda_matches_cpu_reference():
     if not fp8_prologue.available("cuda"):
         pytest.skip("needs Triton and sm_89+")
     torch.manual_seed(0)
-    for block in (128, 512):
+    for block, in_gemm in ((128, True), (512, True), (128, False), (0, True)):
         m = QuantLinear(torch.randn(384, 1024) * 0.03, torch.randn(384), LayerSpec("x", 1024, 384, 4, 8))
+        m.lowrank_in_gemm = in_gemm
         m.apply_smoothing(torch.rand(1024) + 0.5)
         m.apply_lowrank(8)
         with torch.no_grad():
             m.lr_down.copy_(snap_bf16(m.lr_down))
             m.lr_up.copy_(snap_bf16(m.lr_up))
-        m.apply_rotation(random_signs(1024, 0), block)
+        if block:
+            m.apply_rotation(random_signs(1024, 0), block)
         wk, ak = KIND_QUANTIZERS["int4r_fp8"]
         m.wq, m.aq = TargetWeightQuant(wk), TargetActQuant(ak)
         d = DeployLinear.from_quant_linear(m, "int4r_fp8")
@@ -444,6 +458,8 @@ def test_int4r_deploy_linear_on_cuda_matches_cpu_reference():
                     setattr(dc, name, b.to(torch.bfloat16))
             y = dc(x.cuda().to(torch.bfloat16))
             assert y.dtype == torch.bfloat16 and y.shape == (3, 700, 384)
-            assert sqnr(ref, y.float().cpu()) >= 35.0, (block, sqnr(ref, y.float().cpu()))
+            assert sqnr(ref, y.float().cpu()) >= 35.0, (block, in_gemm, sqnr(ref, y.float().cpu()))
+            dc.prepare()  # the kernel operands built once (what from_pretrained does on CUDA)
+            assert sqnr(y.float(), dc(x.cuda().to(torch.bfloat16)).float()) >= 50.0
             yc = torch.compile(dc, fullgraph=True)(x.cuda().to(torch.bfloat16))
             assert sqnr(y.float(), yc.float()) >= 50.0
