@@ -272,10 +272,12 @@ def part_ops(device: str) -> dict:
 
 
 def part_linear_parts(device: str, rank: int = RANK) -> dict:
-    """One deployed ``int4r_fp8`` linear's parts at DOVE's M = 17,776 (rank-32 low-rank branch, Hadamard
-    128), each timed alone, eager: the Triton prologue (rotate + FP8 quantize), the int4 -> FP8 unpack,
-    ``_scaled_mm`` on ready operands, the low-rank down projection, the low-rank up projection
-    accumulated onto the output (``addmm``), and the whole ``DeployLinear``; bf16 ``F.linear`` for scale."""
+    """One deployed ``int4r_fp8`` linear's parts at DOVE's M = 17,776 (rank-32 low-rank branch, smoothing,
+    Hadamard 128), each timed alone, eager: the Triton prologue (1 / smooth, rotate, low-rank projection,
+    FP8 quantize), the int4 -> FP8 unpack (with the low-rank columns), ``_scaled_mm`` over ``K + 3R``
+    on ready operands, and the whole ``DeployLinear`` with the low-rank branch in the GEMM (the
+    default) and beside it (older checkpoints: ``x / smooth``, bf16 down projection, ``addmm``); bf16
+    ``F.linear`` for scale."""
     import triton.testing as tt
 
     from lsgq_compiler.deploy.modules import DeployLinear, pack_nibbles
@@ -290,35 +292,50 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
         x = torch.randn(m, k, generator=g, device=device).to(torch.bfloat16)
         w = torch.randn(n, k, generator=g, device=device) * k ** -0.5
         codes, sc = quantize_weight_int4_row(w)
-        cfg = {"kind": "int4r_fp8", "in_features": k, "out_features": n, "bias": True, "rank": rank,
-               "rot_block": 128, "smooth": True, "dtype": "bfloat16"}
-        d = DeployLinear(cfg, device=device)
-        d.qweight, d.w_scale = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8)), sc
-        d.bias = torch.zeros(n, device=device, dtype=torch.bfloat16)
-        d.smooth = torch.ones(k, device=device, dtype=torch.bfloat16)
-        d.rot_signs = random_signs(k, 1).to(device=device, dtype=torch.bfloat16)
-        d.lr_down = (torch.randn(rank, k, generator=g, device=device) * k ** -0.5).to(torch.bfloat16)
-        d.lr_up = (torch.randn(n, rank, generator=g, device=device) * 0.01).to(torch.bfloat16)
-        xq, xs = fpk.rotate_quantize_fp8(x, d.rot_signs, 128)
-        w8 = fpk.unpack_int4_fp8(d.qweight)
-        y = torch._scaled_mm(xq, w8.t(), scale_a=xs[:, None], scale_b=sc[None, :], out_dtype=torch.bfloat16)
+        lay = {}
+        for tag, in_gemm in (("in_gemm", True), ("beside", False)):
+            cfg = {"kind": "int4r_fp8", "in_features": k, "out_features": n, "bias": True, "rank": rank,
+                   "rot_block": 128, "smooth": True, "dtype": "bfloat16", "lowrank_in_gemm": in_gemm}
+            d = DeployLinear(cfg, device=device)
+            d.qweight, d.w_scale = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8)), sc
+            d.bias = torch.zeros(n, device=device, dtype=torch.bfloat16)
+            d.smooth = (torch.rand(k, generator=g, device=device) + 0.5).to(torch.bfloat16)
+            d.rot_signs = random_signs(k, 1).to(device=device, dtype=torch.bfloat16)
+            d.lr_down = (torch.randn(rank, k, generator=g, device=device) * k ** -0.5).to(torch.bfloat16)
+            d.lr_up = (torch.randn(n, rank, generator=g, device=device) * 0.01).to(torch.bfloat16)
+            d.prepare()
+            lay[tag] = d
+        d = lay["in_gemm"]
+        p = d._fp8_operands()
+        xq, xs = fpk.rotate_quantize_fp8(x, p["col"], 128, p["lr_down"])
+        w8 = fpk.unpack_int4_fp8(d.qweight, p["lr_up"])
+        xq0, xs0 = fpk.rotate_quantize_fp8(x, d.rot_signs, 128)
+        w80 = fpk.unpack_int4_fp8(d.qweight)
+        y = torch._scaled_mm(xq0, w80.t(), scale_a=xs0[:, None], scale_b=sc[None, :], out_dtype=torch.bfloat16)
         z = F.linear(x, d.lr_down)
         wb = w.to(torch.bfloat16)
         fns = {"bf16 F.linear": lambda: F.linear(x, wb),
+               "prologue smooth+rotate128+lowrank+quantize": lambda: fpk.rotate_quantize_fp8(x, p["col"], 128,
+                                                                                              p["lr_down"]),
                "prologue rotate128+quantize": lambda: fpk.rotate_quantize_fp8(x, d.rot_signs, 128),
                "prologue quantize only": lambda: fpk.rotate_quantize_fp8(x, None, 0),
-               "unpack int4 -> fp8": lambda: fpk.unpack_int4_fp8(d.qweight),
-               "_scaled_mm fp8 rowwise": lambda: torch._scaled_mm(xq, w8.t(), scale_a=xs[:, None],
-                                                                  scale_b=sc[None, :], out_dtype=torch.bfloat16),
-               "low-rank down (M x 32)": lambda: F.linear(x, d.lr_down),
-               "low-rank up + accumulate (addmm)": lambda: torch.addmm(y, z, d.lr_up.t()),
-               "x / smooth": lambda: x / d.smooth,
-               "DeployLinear eager (all of it)": lambda: d(x)}
+               "unpack int4 -> fp8 (+ low-rank columns)": lambda: fpk.unpack_int4_fp8(d.qweight, p["lr_up"]),
+               "_scaled_mm fp8 rowwise K + 3R": lambda: torch._scaled_mm(xq, w8.t(), scale_a=xs[:, None],
+                                                                         scale_b=sc[None, :], out_dtype=torch.bfloat16),
+               "_scaled_mm fp8 rowwise K": lambda: torch._scaled_mm(xq0, w80.t(), scale_a=xs0[:, None],
+                                                                    scale_b=sc[None, :], out_dtype=torch.bfloat16),
+               "beside: low-rank down (M x 32)": lambda: F.linear(x, d.lr_down),
+               "beside: low-rank up + accumulate (addmm)": lambda: torch.addmm(y, z, d.lr_up.t()),
+               "beside: x / smooth": lambda: x / d.smooth,
+               "DeployLinear eager, low-rank in the GEMM": lambda: lay["in_gemm"](x),
+               "DeployLinear eager, low-rank beside": lambda: lay["beside"](x)}
         with torch.no_grad():
-            res[f"{m}x{k}->{n}"] = {t: round(tt.do_bench(f, warmup=10, rep=50, return_mode="median"), 4)
-                                    for t, f in fns.items()}
-        print(f"{k}->{n}: " + "  ".join(f"{t} {v}" for t, v in res[f'{m}x{k}->{n}'].items()), flush=True)
-        del x, w, d, xq, w8, y, z, wb
+            row = {t: round(tt.do_bench(f, warmup=10, rep=50, return_mode="median"), 4) for t, f in fns.items()}
+            a, b = lay["in_gemm"](x).float(), lay["beside"](x).float()
+            row["sqnr_in_gemm_vs_beside_db"] = round(gs.sqnr(b, a), 2)
+        res[f"{m}x{k}->{n}"] = row
+        print(f"{k}->{n}: " + "  ".join(f"{t} {v}" for t, v in row.items()), flush=True)
+        del x, w, d, lay, xq, w8, xq0, w80, y, z, wb
         torch.cuda.empty_cache()
     return res
 
@@ -481,7 +498,7 @@ def SAVE() -> None:  # replaced in main(): write the results so far
 
 def part_wan14b(args, device: str) -> dict:
     """Wan2.1-14B config: every planned linear a :class:`lsgq_compiler.deploy.modules.DeployLinear`
-    (int4 x FP8 of ``--target``, rank-32 bf16 branch, block-Hadamard 128), its random weights made per layer on the
+    (int4 x FP8 of ``--target``, rank-32 branch (in the FP8 GEMM for ``int4r_fp8``), block-Hadamard 128), its random weights made per layer on the
     GPU and quantized at once (no bf16 copy of the model, no calibration: a memory and speed check,
     not a quality one); 8-bit attention processors; eager at 14k tokens."""
     import diffusers
@@ -510,7 +527,7 @@ def part_wan14b(args, device: str) -> dict:
         m = model.get_submodule(f)
         n, k = m.out_features, m.in_features
         lcfg = {"kind": kind, "in_features": k, "out_features": n, "bias": m.bias is not None, "rank": RANK,
-                "rot_block": HBLOCK, "smooth": False, "dtype": "bfloat16"}
+                "rot_block": HBLOCK, "smooth": False, "dtype": "bfloat16", "lowrank_in_gemm": kind == "int4r_fp8"}
         d = DeployLinear(lcfg, device=device)
         w = (torch.rand(n, k, generator=g, device=device) * 2 - 1) * k ** -0.5
         u, sv, v = torch.svd_lowrank(w, q=RANK, niter=1)
@@ -564,7 +581,8 @@ def part_wan14b(args, device: str) -> dict:
     r.update(model="wan-14b", video_tokens=lt * (lh // 2) * (lw // 2), build_s=round(build_s, 1),
              weight_bytes_gpu=wbytes, bf16_params_outside_deploy_linears=n_bf16, quantized_linears=len(names),
              peak_mem_gib=peak_gib(device), finite=bool(torch.isfinite(o).all()), compiled="eager",
-             layers=f"lsgq_compiler.deploy DeployLinear ({kind}, rank {RANK}, Hadamard {HBLOCK}); 8-bit self-attention",
+             layers=f"lsgq_compiler.deploy DeployLinear ({kind}, rank {RANK}"
+                    f"{' in the FP8 GEMM' if kind == 'int4r_fp8' else ''}, Hadamard {HBLOCK}); 8-bit self-attention",
              weights="random, made per layer on the GPU and quantized at once (no bf16 copy of the model)")
     print(f"wan-14b deployed eager {r['median_ms']} ms  peak {r['peak_mem_gib']} GiB  weights {wbytes / 1e9:.2f} GB",
           flush=True)

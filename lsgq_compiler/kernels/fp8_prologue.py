@@ -102,7 +102,8 @@ def rotate_quantize_fp8_reference(x: torch.Tensor, col: torch.Tensor | None, blo
 if triton is not None:
 
     @triton.autotune(configs=[triton.Config({"BM": bm}, num_warps=w, num_stages=st)
-                              for bm, w, st in ((16, 4, 3), (32, 4, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2))],
+                              for bm, w, st in ((16, 4, 3), (32, 4, 3), (32, 8, 4), (64, 4, 3), (64, 8, 2),
+                                                             (64, 8, 4), (128, 8, 2))],
                      key=["K", "ROT", "R"])
     @triton.jit
     def _rot_quant_kernel(x_ptr, c_ptr, h_ptr, d_ptr, q_ptr, scale_ptr, M, K, stride_x, stride_q, norm,
