@@ -292,17 +292,18 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
         x = torch.randn(m, k, generator=g, device=device).to(torch.bfloat16)
         w = torch.randn(n, k, generator=g, device=device) * k ** -0.5
         codes, sc = quantize_weight_int4_row(w)
+        smooth = (torch.rand(k, generator=g, device=device) + 0.5).to(torch.bfloat16)
+        signs = random_signs(k, 1).to(device=device, dtype=torch.bfloat16)
+        down = (torch.randn(rank, k, generator=g, device=device) * k ** -0.5).to(torch.bfloat16)
+        up = (torch.randn(n, rank, generator=g, device=device) * 0.01).to(torch.bfloat16)
         lay = {}
-        for tag, in_gemm in (("in_gemm", True), ("beside", False)):
+        for tag, in_gemm in (("in_gemm", True), ("beside", False)):  # the same layer, two placements
             cfg = {"kind": "int4r_fp8", "in_features": k, "out_features": n, "bias": True, "rank": rank,
                    "rot_block": 128, "smooth": True, "dtype": "bfloat16", "lowrank_in_gemm": in_gemm}
             d = DeployLinear(cfg, device=device)
             d.qweight, d.w_scale = pack_nibbles((codes.to(torch.int16) + 8).to(torch.uint8)), sc
             d.bias = torch.zeros(n, device=device, dtype=torch.bfloat16)
-            d.smooth = (torch.rand(k, generator=g, device=device) + 0.5).to(torch.bfloat16)
-            d.rot_signs = random_signs(k, 1).to(device=device, dtype=torch.bfloat16)
-            d.lr_down = (torch.randn(rank, k, generator=g, device=device) * k ** -0.5).to(torch.bfloat16)
-            d.lr_up = (torch.randn(n, rank, generator=g, device=device) * 0.01).to(torch.bfloat16)
+            d.smooth, d.rot_signs, d.lr_down, d.lr_up = smooth, signs, down, up
             d.prepare()
             lay[tag] = d
         d = lay["in_gemm"]

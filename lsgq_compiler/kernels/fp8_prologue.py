@@ -159,15 +159,17 @@ if triton is not None:
             tl.store(base + 2 * R, hi, mask=rmask[:, None])
 
     @triton.jit
-    def _unpack_kernel(p_ptr, out_ptr, n_bytes, KH, LD, BLOCK: tl.constexpr):
-        pid = tl.program_id(0)
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        bmask = offs < n_bytes
-        p = tl.load(p_ptr + offs, mask=bmask, other=0).to(tl.int32)
+    def _unpack_kernel(p_ptr, out_ptr, N, KH, LD, BN: tl.constexpr, BKH: tl.constexpr):
+        rows = tl.program_id(0).to(tl.int64) * BN + tl.arange(0, BN)
+        cb = tl.program_id(1) * BKH + tl.arange(0, BKH)
+        rmask = rows < N
+        p = tl.load(p_ptr + rows[:, None] * KH + cb[None, :], mask=rmask[:, None] & (cb < KH)[None, :],
+                    other=0).to(tl.int32)
         lo = ((p & 15) - 8).to(tl.float32).to(tl.float8e4nv)
         hi = ((p >> 4) - 8).to(tl.float32).to(tl.float8e4nv)
-        o = (offs // KH) * LD + 2 * (offs % KH)  # output rows of LD columns (codes first, low-rank after)
-        tl.store(out_ptr + tl.interleave(o, o + 1), tl.interleave(lo, hi), mask=tl.interleave(bmask, bmask))
+        oc = tl.program_id(1) * (2 * BKH) + tl.arange(0, 2 * BKH)  # output rows of LD columns (codes first)
+        tl.store(out_ptr + rows[:, None] * LD + oc[None, :], tl.interleave(lo, hi),
+                 mask=rmask[:, None] & (oc < 2 * KH)[None, :])
 
 
 def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block: int = 0,
@@ -234,8 +236,8 @@ def unpack_int4_fp8(qweight: torch.Tensor, lr_up: torch.Tensor | None = None) ->
     out = torch.empty((n, ld), device=qweight.device, dtype=FP8)
     if extra:
         out[:, 2 * kh:].view(torch.uint8).copy_(lr_up.view(torch.uint8))
-    nb = qweight.numel()
-    block = 2048
-    if nb:
-        _unpack_kernel[(triton.cdiv(nb, block),)](qweight, out, nb, kh, ld, BLOCK=block, num_warps=4)
+    if qweight.numel():
+        bn, bkh = 16, 256
+        _unpack_kernel[(triton.cdiv(n, bn), triton.cdiv(kh, bkh))](qweight, out, n, kh, ld, BN=bn, BKH=bkh,
+                                                                    num_warps=4)
     return out
