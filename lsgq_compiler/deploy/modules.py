@@ -222,8 +222,10 @@ class DeployLinear(nn.Module):
             return
         if self.kind in ("int4r_fp8", "fp8_row"):
             self._packed = self._fp8_operands()
-            if release and self.kind == "fp8_row" and self._packed["weight"] is not self.w_fp8:
-                self.w_fp8 = self.w_fp8.new_empty((0,))  # the (N, K + R) copy with the low-rank columns replaces it
+            if release and self._packed["lr_down"] is not None:  # the kernel form replaces the stored factors
+                self.lr_down, self.lr_up = self.lr_down.new_empty((0,)), self.lr_up.new_empty((0,))
+                if self.kind == "fp8_row":  # the (N, K + 3R) copy with the low-rank columns replaces it
+                    self.w_fp8 = self.w_fp8.new_empty((0,))
                 self._released = True
             return
         from lsgq_compiler.kernels import deploy_ops as ops
@@ -248,7 +250,7 @@ class DeployLinear(nn.Module):
         """The operands of ``lsgq::rot_fp8_linear`` for this layer (kinds ``int4r_fp8`` / ``fp8_row``):
         ``weight``, ``col (K,)`` float32 = rotation signs / smooth (None if neither), ``block``, and with
         the low-rank branch in the GEMM ``lr_down (r, K)`` bf16 = ``L_down * signs / c`` and ``lr_up
-        (N, 3R)`` float8_e4m3fn, the split columns of ``L_up c / w_scale``
+        (N, 2R)`` float8_e4m3fn, the split (hi, lo) columns of ``L_up c / w_scale``
         (:func:`~lsgq_compiler.kernels.fp8_prologue.lowrank_weight_cols`; appended to an FP8 weight).
         Built once by :meth:`prepare` on CUDA."""
         if self._packed is not None:
@@ -273,8 +275,8 @@ class DeployLinear(nn.Module):
         if getattr(self, "_released", False):
             from lsgq_compiler.errors import user_error
 
-            raise user_error(f"this {self.kind} layer holds only its GPU kernel layout (the stored int4 codes were "
-                             "released by prepare() to keep one copy of the weights)",
+            raise user_error(f"this {self.kind} layer holds only its GPU kernel layout (the stored weights were "
+                             "released by prepare() to keep one copy of them)",
                              "load the checkpoint again (lsgq_compiler.from_pretrained(..., device='cpu')) to read "
                              "or save its weights")
 

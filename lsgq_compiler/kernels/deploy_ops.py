@@ -307,10 +307,10 @@ def _rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor
     ``1 / smooth``, or None), rotated when ``block``, quantized to FP8 per row, times ``weight``:
     float8_e4m3fn ``(N, K)`` or int4 codes uint8 ``(N, K // 2)`` (``code + 8``), float32 row scales
     ``w_scale (N,)``. With the low-rank factors (``lr_down (r, K)`` bf16 = ``L_down * signs / c``,
-    ``lr_up (N, 3R)`` float8_e4m3fn from :func:`.fp8_prologue.lowrank_weight_cols`) the GEMM runs over
-    ``K + 3R`` columns: ``[xr, t_hi, t_lo, t_hi]`` (``t = xd lr_down^T``) under one row scale times
-    ``[W, lr_up]`` (:func:`.fp8_prologue.rotate_quantize_fp8`). An FP8 ``weight`` of ``K + 3R``
-    columns already carries ``lr_up`` (then ``lr_up`` is None)."""
+    ``lr_up = [B_hi, B_lo] (N, 2R)`` float8_e4m3fn from :func:`.fp8_prologue.lowrank_weight_cols`) the GEMM
+    runs over ``K + 3R`` columns: ``[xr, t_hi, t_lo, t_hi]`` (``t = xd lr_down^T``) under one row scale
+    times ``[W, B_hi, B_hi, B_lo]`` (:func:`.fp8_prologue.rotate_quantize_fp8`). An FP8 ``weight`` of
+    ``K + 3R`` columns already carries them (then ``lr_up`` is None)."""
     from lsgq_compiler.hadamard import rotate_matmul
 
     from . import fp8_prologue as fp

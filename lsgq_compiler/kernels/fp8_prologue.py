@@ -62,13 +62,13 @@ def _split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lowrank_weight_cols(b: torch.Tensor) -> torch.Tensor:
-    """``b = L_up c / w_scale`` float ``(N, r)`` -> the GEMM's low-rank columns ``(N, 3 R)`` float8_e4m3fn:
-    ``[B_hi, B_hi, B_lo]``, each zero-padded to ``R`` columns."""
+    """``b = L_up c / w_scale`` float ``(N, r)`` -> its stored FP8 form ``(N, 2R)`` float8_e4m3fn:
+    ``[B_hi, B_lo]`` (:func:`_split`), each zero-padded to ``R`` columns. The GEMM multiplies
+    ``[B_hi, B_hi, B_lo]`` (:func:`_append_rank_cols` lays that out)."""
     n, r = b.shape
     hi, lo = _split(b.float())
     pad = torch.zeros((n, _pad_rank(r) - r), dtype=torch.uint8, device=b.device)
-    parts = [hi.view(torch.uint8), pad, hi.view(torch.uint8), pad, lo.view(torch.uint8), pad]
-    return torch.cat(parts, 1).view(FP8)
+    return torch.cat([hi.view(torch.uint8), pad, lo.view(torch.uint8), pad], 1).view(FP8)
 
 
 def rotate_quantize_fp8_reference(x: torch.Tensor, col: torch.Tensor | None, block: int,
@@ -212,8 +212,8 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
 
 
 def unpack_int4_fp8_reference(qweight: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:
-    """``qweight uint8 (N, K // 2)`` -> FP8 e4m3 ``(N, K + C)``: the codes, then the low-rank columns
-    ``lr_up (N, C)`` float8_e4m3fn (:func:`lowrank_weight_cols`) when given (float reference)."""
+    """``qweight uint8 (N, K // 2)`` -> FP8 e4m3 ``(N, K + 3R)``: the codes, then ``[B_hi, B_hi, B_lo]``
+    from ``lr_up = [B_hi, B_lo] (N, 2R)`` float8_e4m3fn (:func:`lowrank_weight_cols`) when given (float reference)."""
     lo = (qweight & 0xF).to(torch.int16) - 8
     hi = (qweight >> 4).to(torch.int16) - 8
     w = torch.stack((lo, hi), -1).reshape(qweight.shape[0], -1).float().to(FP8)
@@ -221,21 +221,26 @@ def unpack_int4_fp8_reference(qweight: torch.Tensor, lr_up: torch.Tensor | None 
 
 
 def _append_rank_cols(w: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
-    return torch.cat([w.view(torch.uint8), lr_up.view(torch.uint8)], 1).view(FP8)
+    """``[w, B_hi, B_hi, B_lo]`` from ``w (N, K)`` and ``lr_up = [B_hi, B_lo] (N, 2R)``, float8_e4m3fn."""
+    u = lr_up.view(torch.uint8)
+    hi = u[:, :u.shape[1] // 2]
+    return torch.cat([w.view(torch.uint8), hi, u], 1).view(FP8)
 
 
 def unpack_int4_fp8(qweight: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:
     """The int4 codes of ``qweight uint8 (N, K // 2)`` as FP8 e4m3 values (exact), one pass, followed by
-    the low-rank columns ``lr_up (N, C)`` float8_e4m3fn when given: ``(N, K + C)``."""
+    ``[B_hi, B_hi, B_lo]`` from ``lr_up = [B_hi, B_lo] (N, 2R)`` float8_e4m3fn when given: ``(N, K + 3R)``."""
     if not available(qweight.device):
         return unpack_int4_fp8_reference(qweight, lr_up)
     qweight = qweight.contiguous()
     n, kh = qweight.shape
-    extra = 0 if lr_up is None else lr_up.shape[1]
-    ld = 2 * kh + extra
+    rp = 0 if lr_up is None else lr_up.shape[1] // 2
+    ld = 2 * kh + 3 * rp
     out = torch.empty((n, ld), device=qweight.device, dtype=FP8)
-    if extra:
-        out[:, 2 * kh:].view(torch.uint8).copy_(lr_up.view(torch.uint8))
+    if rp:
+        u, o = lr_up.view(torch.uint8), out.view(torch.uint8)
+        o[:, 2 * kh:2 * kh + rp].copy_(u[:, :rp])
+        o[:, 2 * kh + rp:].copy_(u)
     if qweight.numel():
         bn, bkh = 16, 256
         _unpack_kernel[(triton.cdiv(n, bn), triton.cdiv(kh, bkh))](qweight, out, n, kh, ld, BN=bn, BKH=bkh,

@@ -283,7 +283,7 @@ def test_rot_fp8_linear_with_lowrank_columns_reference(block):
     col = (c["signs"].float() if block else 1.0) / c["smooth"]
     down = (c["down"] / cs[:, None] * (c["signs"] if block else 1)).bfloat16()
     up = fp.lowrank_weight_cols(c["up"] * cs / c["ws"][:, None])
-    assert up.shape == (64, fp.lowrank_cols(8)) == (64, 48)
+    assert up.shape == (64, 32) and fp.lowrank_cols(8) == 48  # stored [hi, lo]; the GEMM takes [hi, hi, lo]
     packed = pack_nibbles((c["codes"].to(torch.int16) + 8).to(torch.uint8))
     y = ops.rot_fp8_linear(c["x"], packed, c["ws"], c["b"].bfloat16(), col, block, down, up)
     assert y.shape == (48, 64) and sqnr(y_ref, y.float()) >= 40.0
@@ -331,3 +331,31 @@ def test_cuda_prologue_with_smoothing_and_lowrank_matches_reference():
                                 down.cpu(), up.cpu())
         assert sqnr(yr.float(), y.float().cpu()) >= 40.0, block
     assert nx.lowrank_col_scale(down).shape == (32,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
+def test_prepare_releases_lowrank_factors_for_the_gemm_columns():
+    """``int4r_fp8`` with the low-rank branch in the GEMM: prepare() keeps only the kernel form of the
+    factors (``lr_down`` pre-scaled, ``[B_hi, B_lo]`` FP8), the output is unchanged, saving is refused."""
+    from lsgq_compiler.deploy.modules import DeployLinear
+    from lsgq_compiler.kernels import fp8_prologue as fp
+
+    if not fp.available("cuda"):
+        pytest.skip("needs Triton and sm_89+")
+    x, w, b = _data(m=64, k=256, n=128)
+    codes, scale, packed = _int4r(w)
+    cfg = {"kind": "int4r_fp8", "in_features": 256, "out_features": 128, "bias": True, "rank": 8, "rot_block": 128,
+           "smooth": True, "dtype": "bfloat16", "lowrank_in_gemm": True}
+    m = DeployLinear(cfg, device="cuda")
+    g = torch.Generator().manual_seed(3)
+    m.qweight, m.w_scale, m.bias = packed.cuda(), scale.cuda(), b.to(torch.bfloat16).cuda()
+    m.smooth = (torch.rand(256, generator=g) + 0.5).to(torch.bfloat16).cuda()
+    m.rot_signs = (torch.randint(0, 2, (256,), generator=g) * 2 - 1).to(torch.bfloat16).cuda()
+    m.lr_down = (torch.randn(8, 256, generator=g) * 0.1).to(torch.bfloat16).cuda()
+    m.lr_up = (torch.randn(128, 8, generator=g) * 0.1).to(torch.bfloat16).cuda()
+    y = m(x.cuda())
+    m.prepare()
+    assert m.lr_down.numel() == 0 and m.lr_up.numel() == 0 and m._packed["lr_up"].shape == (128, 32)
+    assert torch.equal(m(x.cuda()), y)
+    with pytest.raises(ValueError, match="kernel layout"):
+        m.state_dict()
