@@ -313,7 +313,7 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
         xq0, xs0 = fpk.rotate_quantize_fp8(x, d.rot_signs, 128)
         w80 = fpk.unpack_int4_fp8(d.qweight)
         y = torch._scaled_mm(xq0, w80.t(), scale_a=xs0[:, None], scale_b=sc[None, :], out_dtype=torch.bfloat16)
-        z = F.linear(x, d.lr_down)
+        z = F.linear(x, down)
         wb = w.to(torch.bfloat16)
         fns = {"bf16 F.linear": lambda: F.linear(x, wb),
                "prologue smooth+rotate128+lowrank+quantize": lambda: fpk.rotate_quantize_fp8(x, p["col"], 128,
@@ -325,8 +325,8 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
                                                                          scale_b=sc[None, :], out_dtype=torch.bfloat16),
                "_scaled_mm fp8 rowwise K": lambda: torch._scaled_mm(xq0, w80.t(), scale_a=xs0[:, None],
                                                                     scale_b=sc[None, :], out_dtype=torch.bfloat16),
-               "beside: low-rank down (M x 32)": lambda: F.linear(x, d.lr_down),
-               "beside: low-rank up + accumulate (addmm)": lambda: torch.addmm(y, z, d.lr_up.t()),
+               "beside: low-rank down (M x 32)": lambda: F.linear(x, down),
+               "beside: low-rank up + accumulate (addmm)": lambda: torch.addmm(y, z, up.t()),
                "beside: x / smooth": lambda: x / d.smooth,
                "DeployLinear eager, low-rank in the GEMM": lambda: lay["in_gemm"](x),
                "DeployLinear eager, low-rank beside": lambda: lay["beside"](x)}

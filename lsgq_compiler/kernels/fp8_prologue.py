@@ -198,7 +198,15 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
     scale = torch.empty((m,), device=x.device, dtype=torch.float32)
     if m == 0:
         return q, scale
-    h = sylvester(ROT_BLOCK, x.device, x.dtype) if block else x  # x: unused placeholder
+    # with the low-rank columns the kernel always takes its tensor-core path (the identity for block 0):
+    # its ROT=False variant wrote wrong t_lo columns on the H200 (tests/kernels, 2026-12-02), cause not found
+    rot = bool(block) or r > 0
+    if block:
+        h = sylvester(ROT_BLOCK, x.device, x.dtype)
+    elif rot:
+        h = torch.eye(ROT_BLOCK, device=x.device, dtype=x.dtype)
+    else:
+        h = x  # unused placeholder
     c = col.to(device=x.device, dtype=torch.float32).contiguous() if col is not None else x
     if r:
         d = torch.zeros((rp, k), device=x.device, dtype=torch.bfloat16)
@@ -206,8 +214,9 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
     else:
         d = x
     grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
-    _rot_quant_kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0), float(ROT_BLOCK ** -0.5),
-                            ROT=bool(block), COL=col is not None, R=rp, BK=ROT_BLOCK)
+    _rot_quant_kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0),
+                            float(ROT_BLOCK ** -0.5) if block else 1.0, ROT=rot, COL=col is not None, R=rp,
+                            BK=ROT_BLOCK)
     return q, scale
 
 
