@@ -218,7 +218,7 @@ class DeployLinear(nn.Module):
         ``release``: drop the stored codes afterwards (the kernel layout is a second copy of the
         same weights); the layer then runs but cannot be saved or dequantized again."""
         if self._packed is not None or self.kind not in ("int4_fp8", "int4_weight", "int4r_fp8", "fp8_row") \
-                or self.w_scale_or_scales().device.type != "cuda":
+                or self._scale_tensor().device.type != "cuda":
             return
         if self.kind in ("int4r_fp8", "fp8_row"):
             self._packed = self._fp8_operands()
@@ -243,7 +243,8 @@ class DeployLinear(nn.Module):
                 self.scales = self.scales.new_empty((0,))
             self._released = True
 
-    def w_scale_or_scales(self) -> torch.Tensor:
+    def _scale_tensor(self) -> torch.Tensor:
+        """The layer's weight-scale buffer (its device is where the kernel layout is built)."""
         return self.scales if self.kind in ("int4_fp8", "int4_weight") else self.w_scale
 
     def _fp8_operands(self) -> dict[str, Any]:
