@@ -262,10 +262,11 @@ def _e4m3(x: torch.Tensor) -> torch.Tensor:
 
 
 def fp8_split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``v`` (float, within +-448) as two FP8 e4m3 terms: ``hi = e4m3(v)``, ``lo = e4m3(v - hi)`` (float32);
-    ``hi + lo`` keeps about 8 significant bits where ``hi`` alone keeps 4."""
-    hi = _e4m3(v)
-    return hi, _e4m3(v - hi)
+    """:func:`lsgq_compiler.kernels.fp8_prologue.split_fp8` of float ``v``, as float32 values."""
+    from lsgq_compiler.kernels.fp8_prologue import split_fp8
+
+    hi, lo = split_fp8(v.float())
+    return hi.float(), lo.float()
 
 
 def lowrank_in_gemm_linear(xr: torch.Tensor, xs: torch.Tensor, w_dq: torch.Tensor, w_scale: torch.Tensor,

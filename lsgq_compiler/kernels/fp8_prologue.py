@@ -56,17 +56,19 @@ def lowrank_cols(r: int) -> int:
     return 3 * _pad_rank(r)
 
 
-def _split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_fp8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float ``v`` as two float8_e4m3fn terms: ``hi = e4m3(v)``, ``lo = e4m3(v - hi)`` (each clamped to +-448);
+    ``hi + lo`` keeps about 8 significant bits where ``hi`` alone keeps 4."""
     hi = v.clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return hi, (v - hi.float()).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
 def lowrank_weight_cols(b: torch.Tensor) -> torch.Tensor:
     """``b = L_up c / w_scale`` float ``(N, r)`` -> its stored FP8 form ``(N, 2R)`` float8_e4m3fn:
-    ``[B_hi, B_lo]`` (:func:`_split`), each zero-padded to ``R`` columns. The GEMM multiplies
+    ``[B_hi, B_lo]`` (:func:`split_fp8`), each zero-padded to ``R`` columns. The GEMM multiplies
     ``[B_hi, B_hi, B_lo]`` (:func:`_append_rank_cols` lays that out)."""
     n, r = b.shape
-    hi, lo = _split(b.float())
+    hi, lo = split_fp8(b.float())
     pad = torch.zeros((n, _pad_rank(r) - r), dtype=torch.uint8, device=b.device)
     return torch.cat([hi.view(torch.uint8), pad, lo.view(torch.uint8), pad], 1).view(FP8)
 
@@ -95,7 +97,7 @@ def rotate_quantize_fp8_reference(x: torch.Tensor, col: torch.Tensor | None, blo
     q = (xf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     if t is None:
         return q, scale
-    hi, lo = _split(t / scale[:, None])
+    hi, lo = split_fp8(t / scale[:, None])
     return torch.cat([v.view(torch.uint8) for v in (q, hi, lo, hi)], 1).view(FP8), scale
 
 
