@@ -284,6 +284,24 @@ def part_ops(device: str) -> dict:
     return res
 
 
+#: prologue schedules timed side by side (fp8_prologue.SCHEDULE keys); the first is the kernel before them
+SCHEDULES = ({"prefetch": False, "recip": False, "evict": False}, {"prefetch": True, "recip": False, "evict": False},
+             {"prefetch": False, "recip": True, "evict": False}, {"prefetch": True, "recip": True, "evict": False},
+             {"prefetch": True, "recip": True, "evict": True})
+
+
+def sched_tag(sc: dict) -> str:
+    return ",".join(f"{k}={int(v)}" for k, v in sc.items())
+
+
+def best_schedule(parts: dict) -> dict:
+    """The schedule whose prologue times, summed over the three shapes of :func:`part_linear_parts`, are least."""
+    tot = {sched_tag(sc): sum(row[f"prologue smooth+rotate128+lowrank+quantize [{sched_tag(sc)}]"]
+                              for row in parts.values() if isinstance(row, dict) and "bf16 F.linear" in row)
+           for sc in SCHEDULES}
+    return dict(SCHEDULES[[sched_tag(sc) for sc in SCHEDULES].index(min(tot, key=tot.get))])
+
+
 def part_linear_parts(device: str, rank: int = RANK) -> dict:
     """One deployed ``int4r_fp8`` linear's parts at DOVE's M = 17,776 (rank-32 low-rank branch, smoothing,
     Hadamard 128), each timed alone, eager: the Triton prologue (1 / smooth, rotate, low-rank projection,
@@ -331,6 +349,14 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
         fns = {"bf16 F.linear": lambda: F.linear(x, wb),
                "prologue smooth+rotate128+lowrank+quantize": lambda: fpk.rotate_quantize_fp8(x, p["col"], 128,
                                                                                               p["lr_down"]),
+               **{f"prologue smooth+rotate128+lowrank+quantize [{sched_tag(sc_)}]":
+                  (lambda sc_=sc_: fpk.rotate_quantize_fp8(x, p["col"], 128, p["lr_down"], schedule=sc_))
+                  for sc_ in SCHEDULES},
+               "gelu tanh (torch) then prologue": lambda: fpk.rotate_quantize_fp8(
+                   F.gelu(x, approximate="tanh"), p["col"], 128, p["lr_down"]),
+               "prologue with the gelu fused (act=1)": lambda: fpk.rotate_quantize_fp8(x, p["col"], 128, p["lr_down"],
+                                                                                     act=1),
+               "x.abs().amax(-1) (one read of x, for scale)": lambda: x.abs().amax(-1),
                "prologue rotate128+quantize": lambda: fpk.rotate_quantize_fp8(x, d.rot_signs, 128),
                "prologue quantize only": lambda: fpk.rotate_quantize_fp8(x, None, 0),
                "unpack int4 -> fp8 (+ low-rank columns)": lambda: fpk.unpack_int4_fp8(d.qweight, p["lr_up"]),
@@ -632,6 +658,10 @@ def main() -> None:
     ap.add_argument("--compile", choices=("regional", "full"), default="regional",
                     help="every variant alike: its repeated blocks compiled in place (regional, default) or "
                          "torch.compile of the whole model (full; over 4 minutes for the deployed 5B model)")
+    ap.add_argument("--prologue", default="default",
+                    help="the FP8 prologue's schedule for the model parts: fp8_prologue.SCHEDULE (default), the "
+                         "fastest in this run's linear_parts (best; list linear_parts first) or explicit switches, "
+                         "e.g. prefetch=1,recip=1,evict=0")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -647,6 +677,15 @@ def main() -> None:
     t_start = T0
     global SAVE
     SAVE = lambda: write(res, args)  # noqa: E731
+    from lsgq_compiler.kernels import fp8_prologue as fpk
+
+    if args.prologue not in ("default", "best"):
+        for kv in args.prologue.split(","):
+            key, _, val = kv.partition("=")
+            if key not in fpk.SCHEDULE or val not in ("0", "1"):
+                ap.error(f"--prologue {args.prologue!r}: expected default, best or KEY=0|1 pairs of {sorted(fpk.SCHEDULE)}")
+            fpk.SCHEDULE[key] = val == "1"
+    res["prologue_schedule"] = fpk.SCHEDULE  # the dict itself: --prologue best updates it before the model parts
     for part in args.parts.split(","):
         if time.perf_counter() - t_start > args.budget_s:
             res["parts"][part] = {"skipped": "time budget of this run"}
@@ -656,6 +695,11 @@ def main() -> None:
                 res["parts"]["ops"] = part_ops(device)
             elif part == "linear_parts":
                 res["parts"]["linear_parts"] = part_linear_parts(device)
+                if args.prologue == "best":
+                    from lsgq_compiler.kernels import fp8_prologue as fpk
+
+                    fpk.SCHEDULE.update(best_schedule(res["parts"]["linear_parts"]))
+                    stamp(f"prologue schedule for the model parts: {fpk.SCHEDULE}")
             elif part == "cog":
                 res["parts"]["cogvideox-5b"] = {}
                 part_model("cogvideox-5b", args, device, Path(args.ckdir) / "cog", res["parts"]["cogvideox-5b"])

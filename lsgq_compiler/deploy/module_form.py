@@ -23,7 +23,7 @@ from torch import nn
 
 from lsgq_compiler.errors import user_error
 
-from .modules import DeployLinear, int8_processor
+from .modules import DeployLinear, fuse_gelu, int8_processor
 
 FORMAT_VERSION = 2  # 2: config.json checksum; sim layers with lowrank_dtype and stored quantizers
 QUANT_METHOD = "lsgq"
@@ -270,10 +270,12 @@ def build_skeleton_layers(model: nn.Module, layers: dict[str, dict], device: Any
 
 
 def prepare(model: nn.Module) -> nn.Module:
-    """Build every deploy layer's kernel layout on its device (CUDA); returns ``model``."""
+    """Build every deploy layer's kernel layout on its device (CUDA) and move feed-forward GELUs into the
+    next layer's CUDA prologue (:func:`~lsgq_compiler.deploy.modules.fuse_gelu`); returns ``model``."""
     for m in model.modules():
         if isinstance(m, DeployLinear):
             m.prepare()
+    fuse_gelu(model, "cuda")
     return model
 
 

@@ -109,6 +109,8 @@ class DeployLinear(nn.Module):
         else:
             raise ValueError(f"unknown deploy kind {kind!r}")
         self._packed: dict[str, torch.Tensor] | None = None  # kernel layout on CUDA (not saved)
+        #: the preceding activation moved into this layer by :func:`fuse_gelu` (0: none, 1: tanh-GELU); not saved
+        self.input_act = 0
         self._dtypes = {n: b.dtype for n, b in self._buffers.items()
                         if b is not None and n not in ("bias", "smooth", "rot_signs")}
 
@@ -310,10 +312,14 @@ class DeployLinear(nn.Module):
         return F.linear(xq, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``(..., K)`` -> ``(..., N)``."""
+        """x: ``(..., K)`` -> ``(..., N)`` (with :attr:`input_act`: ``act(x)`` first)."""
         fused = x.is_cuda and self.kind in ("int4r_fp8", "fp8_row")
         if fused and (self.lr_down is None or self.cfg.get("lowrank_in_gemm")):
-            return _cuda_gemm(self, x)  # smoothing, rotation and the low-rank branch inside the op
+            return _cuda_gemm(self, x, act=self.input_act)  # activation, smoothing, rotation, low-rank in the op
+        if self.input_act:
+            from lsgq_compiler.kernels.fp8_prologue import apply_act
+
+            x = apply_act(x, self.input_act)
         if self.smooth is not None:
             x = x / self.smooth.to(x.dtype)
         if self.cfg.get("lowrank_in_gemm") and self.lr_down is not None:  # CPU: the same numbers in float
@@ -392,9 +398,10 @@ def _make_act_quant(a: dict[str, Any], k: int, device: Any) -> nn.Module:
     return aq
 
 
-def _cuda_gemm(mod: DeployLinear, x: torch.Tensor, smoothed: bool = False) -> torch.Tensor:
+def _cuda_gemm(mod: DeployLinear, x: torch.Tensor, smoothed: bool = False, act: int = 0) -> torch.Tensor:
     """The real kernel on CUDA (:mod:`lsgq_compiler.kernels.deploy_ops`), computing in bf16.
-    ``smoothed``: ``x`` is already divided by the layer's smoothing vector."""
+    ``smoothed``: ``x`` is already divided by the layer's smoothing vector; ``act``: the input activation
+    the ``rot_fp8_linear`` prologue applies first (other kinds take ``act == 0``)."""
     from lsgq_compiler.errors import user_error
 
     try:
@@ -405,6 +412,8 @@ def _cuda_gemm(mod: DeployLinear, x: torch.Tensor, smoothed: bool = False) -> to
     lead = x.shape[:-1]
     x2 = x.reshape(-1, mod.in_features).to(torch.bfloat16)
     bias = None if mod.bias is None else mod.bias.to(torch.bfloat16)
+    if act and mod.kind not in ("int4r_fp8", "fp8_row"):
+        raise ValueError(f"a {mod.kind} layer cannot apply an input activation in its kernel")
     if mod.kind in ("int4_fp8", "int4_weight"):
         if mod._packed is None:
             mod.prepare()
@@ -417,10 +426,60 @@ def _cuda_gemm(mod: DeployLinear, x: torch.Tensor, smoothed: bool = False) -> to
         col = p["col"]
         if smoothed:  # x already divided by smooth: only the signs remain
             col = mod.rot_signs.float() if mod.rot_block else None
-        y = ops.rot_fp8_linear(x2, p["weight"], mod.w_scale, bias, col, p["block"], p["lr_down"], p["lr_up"])
+        y = ops.rot_fp8_linear(x2, p["weight"], mod.w_scale, bias, col, p["block"], p["lr_down"], p["lr_up"], act)
     else:
         y = ops.int8_linear(x2, mod.w_int8, mod.w_scale, bias)
     return y.to(x.dtype).reshape(*lead, mod.out_features)
+
+
+# ---------------------------------------------------------------------- activation fusion
+class DeferredGELU(nn.Module):
+    """A diffusers ``GELU`` whose activation moved into the next layer's prologue: returns ``proj(x)``.
+    The submodule keeps its name (``proj``), so state-dict keys do not change."""
+
+    def __init__(self, gelu: nn.Module) -> None:
+        super().__init__()
+        self.proj = gelu.proj
+        self.approximate = gelu.approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def fuse_gelu(model: nn.Module, device_type: str | None = "cuda") -> int:
+    """Move each feed-forward's tanh-GELU into the prologue of the deploy layer that consumes it.
+
+    A diffusers ``FeedForward`` runs ``net = [GELU(proj), Dropout, ..., out]`` in order; where the
+    activation is ``GELU(approximate="tanh")`` and the next layer after dropouts is a
+    :class:`DeployLinear` of a per-row FP8 kind, the GELU becomes :class:`DeferredGELU` and the
+    layer applies the activation itself (:attr:`DeployLinear.input_act`): on CUDA inside the fused
+    prologue (one pass over the wide hidden state fewer), elsewhere as the same ``F.gelu`` call, so
+    outputs do not change. ``device_type``: fuse only layers whose tensors live there (None: all).
+    Returns how many feed-forwards were fused."""
+    from diffusers.models.activations import GELU
+
+    from lsgq_compiler.kernels.fp8_prologue import ACT_GELU_TANH
+
+    n = 0
+    for m in model.modules():
+        net = getattr(m, "net", None)
+        if not isinstance(net, nn.ModuleList):
+            continue
+        for i, act in enumerate(net):
+            if type(act) is not GELU or act.approximate != "tanh":
+                continue
+            j = i + 1
+            while j < len(net) and isinstance(net[j], nn.Dropout) and (net[j].p == 0 or not m.training):
+                j += 1
+            out = net[j] if j < len(net) else None
+            if not isinstance(out, DeployLinear) or out.kind not in ("int4r_fp8", "fp8_row") or out.input_act:
+                continue
+            if device_type is not None and out.w_scale.device.type != device_type:
+                continue
+            net[i] = DeferredGELU(act)
+            out.input_act = ACT_GELU_TANH
+            n += 1
+    return n
 
 
 # ---------------------------------------------------------------------- attention

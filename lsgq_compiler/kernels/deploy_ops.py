@@ -302,8 +302,9 @@ def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
 @torch.library.custom_op("lsgq::rot_fp8_linear", mutates_args=())
 def _rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor],
                     col: Optional[torch.Tensor], block: int, lr_down: Optional[torch.Tensor] = None,
-                    lr_up: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x (M, K)`` -> ``(M, N)`` (x's dtype; the kernel path takes bf16): ``xd = bf16(x * col)`` (``col (K,)``: rotation signs times
+                    lr_up: Optional[torch.Tensor] = None, act: int = 0) -> torch.Tensor:
+    """``x (M, K)`` -> ``(M, N)`` (x's dtype; the kernel path takes bf16): ``x <- act(x)`` (``act`` 1: the
+    preceding tanh-GELU, :func:`.fp8_prologue.apply_act`, fused into the prologue's load), ``xd = bf16(x * col)`` (``col (K,)``: rotation signs times
     ``1 / smooth``, or None), rotated when ``block``, quantized to FP8 per row, times ``weight``:
     float8_e4m3fn ``(N, K)`` or int4 codes uint8 ``(N, K // 2)`` (``code + 8``), float32 row scales
     ``w_scale (N,)``. With the low-rank factors (``lr_down (r, K)`` bf16 = ``L_down * signs / c``,
@@ -322,18 +323,19 @@ def _rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor
     if cap is not None and cap >= (8, 9) and fp.available(x.device) and k % 16 == 0 and n % 16 == 0 \
             and x.dtype == torch.bfloat16:
         if block and block != fp.ROT_BLOCK:  # other blocks: scale and rotate by matmuls first
+            x, act = fp.apply_act(x, act), 0
             xd = x if col is None else (x.float() * col).to(x.dtype)
             ones = x.new_ones((k,))
             if lr_down is not None:  # t = xd lr_down^T = (xd R)(lr_down R)^T: the prologue sees xd R
                 lr_down = rotate_matmul(lr_down, ones, block)
             x, col, block = rotate_matmul(xd, ones, block), None, 0
-        xq, xs = fp.rotate_quantize_fp8(x, col, block, lr_down)
+        xq, xs = fp.rotate_quantize_fp8(x, col, block, lr_down, act)
         w = fp.unpack_int4_fp8(weight, lr_up) if int4 else weight
         if w.shape[1] != xq.shape[1]:
             w = fp._append_rank_cols(w, lr_up)
         return torch._scaled_mm(xq, w.t(), scale_a=xs.reshape(-1, 1), scale_b=w_scale.reshape(1, -1).float(),
                                 bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
-    xq, xs = fp.rotate_quantize_fp8_reference(x, col, block, lr_down)
+    xq, xs = fp.rotate_quantize_fp8_reference(x, col, block, lr_down, act)
     if int4:
         w = fp.unpack_int4_fp8_reference(weight, lr_up)
     else:
@@ -343,15 +345,15 @@ def _rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor
 
 
 @_rot_fp8_linear.register_fake
-def _(x, weight, w_scale, bias, col, block, lr_down=None, lr_up=None):
+def _(x, weight, w_scale, bias, col, block, lr_down=None, lr_up=None, act=0):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 def rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
                    col: Optional[torch.Tensor] = None, block: int = 0, lr_down: Optional[torch.Tensor] = None,
-                   lr_up: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   lr_up: Optional[torch.Tensor] = None, act: int = 0) -> torch.Tensor:
     """``x (..., K)`` -> ``(..., N)`` through ``lsgq::rot_fp8_linear``."""
-    y = torch.ops.lsgq.rot_fp8_linear(_rows_of(x), weight, w_scale, bias, col, int(block), lr_down, lr_up)
+    y = torch.ops.lsgq.rot_fp8_linear(_rows_of(x), weight, w_scale, bias, col, int(block), lr_down, lr_up, int(act))
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

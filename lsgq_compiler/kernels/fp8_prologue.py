@@ -12,7 +12,9 @@ even ``k`` in the low nibble, :func:`lsgq_compiler.deploy.modules.pack_nibbles`)
   rotation's matmul, the rounding of ``xr`` to bf16 and the several passes of an unfused
   per-row quantization. ``col`` folds the layer's ``1 / smooth`` into the load (no separate pass
   over ``x``); with a low-rank factor the same tiles also give ``t = x_s L_down^T / c`` (the
-  branch then runs inside the FP8 GEMM as ``R`` extra columns, one joint row scale).
+  branch then runs inside the FP8 GEMM as ``R`` extra columns, one joint row scale). ``act`` applies
+  the preceding tanh-GELU on load (a feed-forward's output layer: the GELU's own pass over the wide
+  hidden state disappears). The two sweeps prefetch one tile ahead (:data:`SCHEDULE`).
 - :func:`unpack_int4_fp8`: the int4 codes as FP8 e4m3 values (exact: integers in [-8, 7]), one
   pass over the packed bytes; the ``int4r_fp8`` GEMM then runs on the FP8 tensor cores.
 
@@ -36,6 +38,13 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 EPS = 1e-12
 ROT_BLOCK = 128  # the block the fused kernel rotates in (one tensor-core tile wide)
+ACT_NONE, ACT_GELU_TANH = 0, 1  # input activations the prologue can apply on load
+#: the fused kernel's schedule (bench/deploy_gpu.py --parts linear_parts times each choice):
+#: ``prefetch``: issue the next tile's load before this tile's math (two tiles in flight per program);
+#: ``recip``: multiply by one reciprocal per row instead of dividing each value (codes differ from
+#: ``x / scale`` only where the product lands exactly on an FP8 rounding boundary);
+#: ``evict``: L2 hints, keep the rows for the second sweep and drop them after it
+SCHEDULE = {"prefetch": True, "recip": True, "evict": False}
 
 
 def available(device: torch.device | str | None = None) -> bool:
@@ -73,14 +82,25 @@ def lowrank_weight_cols(b: torch.Tensor) -> torch.Tensor:
     return torch.cat([hi.view(torch.uint8), pad, lo.view(torch.uint8), pad], 1).view(FP8)
 
 
+def apply_act(x: torch.Tensor, act: int) -> torch.Tensor:
+    """The input activation the prologue applies first: ``act`` 0 = none, 1 = ``gelu(x, approximate="tanh")``
+    in x's dtype (what diffusers' ``GELU(approximate="tanh")`` computes)."""
+    if act == ACT_NONE:
+        return x
+    if act == ACT_GELU_TANH:
+        return torch.nn.functional.gelu(x, approximate="tanh")
+    raise ValueError(f"unknown input activation code {act} (0: none, 1: gelu tanh)")
+
+
 def rotate_quantize_fp8_reference(x: torch.Tensor, col: torch.Tensor | None, block: int,
-                                  lr_down: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                  lr_down: torch.Tensor | None = None, act: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Float reference of :func:`rotate_quantize_fp8`: ``x (M, K)`` -> ``(q (M, K + 3R) e4m3, scale float32 (M,))``.
 
-    ``xd = x * col`` in x's dtype (``col``: the per-column multiplier, None = 1), ``xr = xd H_block /
+    ``x <- act(x)`` (:func:`apply_act`), ``xd = x * col`` in x's dtype (``col``: the per-column multiplier, None = 1), ``xr = xd H_block /
     sqrt(block)`` (``block = 0``: ``xr = xd``), ``t = xd lr_down^T`` (``lr_down (r, K)``, zero-padded to
     ``R`` = :func:`_pad_rank` rows), ``scale = max(amax_row([xr, t]), 1e-12) / 448``,
     ``q = [e4m3(xr / scale), t_hi, t_lo, t_hi]`` with ``t_hi = e4m3(t / scale)``, ``t_lo = e4m3(t / scale - t_hi)``."""
+    x = apply_act(x, act)
     xd = x if col is None else (x.float() * col.float()).to(x.dtype)
     xf = xd.float()
     m, k = xf.shape
@@ -103,54 +123,90 @@ def rotate_quantize_fp8_reference(x: torch.Tensor, col: torch.Tensor | None, blo
 
 if triton is not None:
 
+    @triton.jit
+    def _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EVICT: tl.constexpr):
+        """The ``(BM, BK)`` tile of ``x`` at column ``k0`` (zeros outside ``M x K``)."""
+        cmask = (k0 + cols) < K
+        return tl.load(x_ptr + rows[:, None] * stride_x + (k0 + cols)[None, :], mask=rmask[:, None] & cmask[None, :],
+                       other=0.0, eviction_policy=EVICT)
+
+    @triton.jit
+    def _transform(x, c_ptr, h, k0, cols, K, norm, ROT: tl.constexpr, COL: tl.constexpr, ACT: tl.constexpr):
+        """A loaded tile -> ``(xd, y)``: ``xd = x's dtype(act(x) * col)`` (what the low-rank factor sees) and
+        ``y = xd H / sqrt(128)`` in float32 on the tensor cores (``ROT``; exact products) or ``xd``."""
+        if ACT == 1:  # tanh-approximated GELU in float32, rounded to x's dtype (torch's gelu(approximate="tanh")):
+            # 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), the form without cancellation for negative u
+            xf = x.to(tl.float32)
+            inner = 0.7978845608028654 * (xf + 0.044715 * (xf * xf * xf))
+            x = (xf / (1.0 + tl.exp(-2.0 * inner))).to(x.dtype)
+        if COL:
+            x = (x * tl.load(c_ptr + k0 + cols, mask=(k0 + cols) < K, other=0.0)[None, :]).to(x.dtype)
+        if ROT:
+            y = tl.dot(x.to(h.dtype), h) * norm
+        else:
+            y = x.to(tl.float32)
+        return x, y
+
     @triton.autotune(configs=[triton.Config({"BM": bm}, num_warps=w, num_stages=st)
                               for bm, w, st in ((16, 4, 3), (32, 4, 3), (32, 8, 4), (64, 4, 3), (64, 8, 2),
                                                              (64, 8, 4), (128, 8, 2))],
-                     key=["K", "ROT", "R"])
+                     key=["K", "ROT", "R", "ACT", "PREFETCH", "RECIP", "EV1"])
     @triton.jit
     def _rot_quant_kernel(x_ptr, c_ptr, h_ptr, d_ptr, q_ptr, scale_ptr, M, K, stride_x, stride_q, norm,
-                          ROT: tl.constexpr, COL: tl.constexpr, R: tl.constexpr, BM: tl.constexpr,
-                          BK: tl.constexpr):
+                          ROT: tl.constexpr, COL: tl.constexpr, R: tl.constexpr, ACT: tl.constexpr,
+                          PREFETCH: tl.constexpr, RECIP: tl.constexpr, EV1: tl.constexpr, EV2: tl.constexpr,
+                          BM: tl.constexpr, BK: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
         rmask = rows < M
         cols = tl.arange(0, BK)
         if ROT:
             h = tl.load(h_ptr + cols[:, None] * BK + cols[None, :])
+        else:
+            h = 0
         amax = tl.zeros((BM,), dtype=tl.float32)
         if R > 0:
             ranks = tl.arange(0, R)
             t = tl.zeros((BM, R), dtype=tl.float32)
+        # sweep 1: row maxima (and the low-rank projections); PREFETCH: the next tile's load is issued
+        # before this tile's math, so two tiles per program are in flight
+        if PREFETCH:
+            nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV1)
         for k0 in range(0, K, BK):
-            cmask = (k0 + cols) < K
-            mask = rmask[:, None] & cmask[None, :]
-            x = tl.load(x_ptr + rows[:, None] * stride_x + (k0 + cols)[None, :], mask=mask, other=0.0)
-            if COL:
-                x = (x * tl.load(c_ptr + k0 + cols, mask=cmask, other=0.0)[None, :]).to(x_ptr.dtype.element_ty)
-            if ROT:
-                y = tl.dot(x.to(h.dtype), h) * norm
+            if PREFETCH:
+                x = nxt
+                nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV1)  # masked off past K
             else:
-                y = x.to(tl.float32)
+                x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV1)
+            x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
             amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
             if R > 0:  # low-rank projections from the same tile (lr_down zero-padded to R rows)
+                cmask = (k0 + cols) < K
                 dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + cols)[None, :], mask=cmask[None, :], other=0.0)
                 t += tl.dot(x.to(tl.bfloat16), tl.trans(dn))
+        if PREFETCH:
+            nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV2)
         if R > 0:
             amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
         scale = tl.maximum(amax, 1e-12) / 448.0
         tl.store(scale_ptr + rows, scale, mask=rmask)
+        if RECIP:  # one correctly rounded reciprocal per row; codes differ from x / scale only at ties (rare)
+            inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
+        # sweep 2: the same tiles again (from L2 where they stayed), quantized
         for k0 in range(0, K, BK):
-            cmask = (k0 + cols) < K
-            mask = rmask[:, None] & cmask[None, :]
-            x = tl.load(x_ptr + rows[:, None] * stride_x + (k0 + cols)[None, :], mask=mask, other=0.0)
-            if COL:
-                x = (x * tl.load(c_ptr + k0 + cols, mask=cmask, other=0.0)[None, :]).to(x_ptr.dtype.element_ty)
-            if ROT:
-                y = tl.dot(x.to(h.dtype), h) * norm
+            if PREFETCH:
+                x = nxt
+                nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV2)
             else:
-                y = x.to(tl.float32)
-            q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
-            tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv), mask=mask)
+                x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV2)
+            x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
+            if RECIP:
+                q = tl.clamp(y * inv[:, None], -448.0, 448.0)
+            else:
+                q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
+            cmask = (k0 + cols) < K
+            tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv),
+                     mask=rmask[:, None] & cmask[None, :])
         if R > 0:  # [t_hi, t_lo, t_hi]: the GEMM's B side is [B_hi, B_hi, B_lo]
             tq = tl.fdiv(t, scale[:, None], ieee_rounding=True)
             hi = tl.clamp(tq, -448.0, 448.0).to(tl.float8e4nv)
@@ -175,21 +231,27 @@ if triton is not None:
 
 
 def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block: int = 0,
-                        lr_down: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale columns, rotate (block-Hadamard, ``block`` 0 or 128), project on the low-rank factor and
-    quantize to FP8 e4m3 per row, fused (numerics: :func:`rotate_quantize_fp8_reference`).
+                        lr_down: torch.Tensor | None = None, act: int = ACT_NONE,
+                        schedule: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the input activation, scale columns, rotate (block-Hadamard, ``block`` 0 or 128), project on
+    the low-rank factor and quantize to FP8 e4m3 per row, fused (numerics: :func:`rotate_quantize_fp8_reference`).
 
     Args:
         x: ``(M, K)`` bf16 or fp16 on CUDA; ``K % 128 == 0`` when rotating.
         col: ``(K,)`` per-column multiplier (the rotation signs times ``1 / smooth``) or None.
         block: 0 (no rotation) or 128.
         lr_down: ``(r, K)`` bf16 low-rank factor (already times ``col``'s signs and ``1 / c``) or None.
+        act: :data:`ACT_NONE` or :data:`ACT_GELU_TANH` (the preceding GELU, fused into the load).
+        schedule: overrides of :data:`SCHEDULE` (benchmarks).
     Returns:
         ``(q (M, K + 3R) float8_e4m3fn, scale float32 (M,))``: ``q[:, :K] * scale ~= x R``, then the
         low-rank projections ``t`` as ``[t_hi, t_lo, t_hi]`` (``R`` = ``r`` padded to a power of two >= 16).
     """
     if not available(x.device) or x.dtype not in (torch.bfloat16, torch.float16):
-        return rotate_quantize_fp8_reference(x, col, block, lr_down)
+        return rotate_quantize_fp8_reference(x, col, block, lr_down, act)
+    if act not in (ACT_NONE, ACT_GELU_TANH):
+        raise ValueError(f"unknown input activation code {act} (0: none, 1: gelu tanh)")
+    sch = {**SCHEDULE, **(schedule or {})}
     if block not in (0, ROT_BLOCK):
         raise ValueError(f"the fused kernel rotates in blocks of {ROT_BLOCK} (got {block})")
     x = x.contiguous()
@@ -218,6 +280,8 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
     grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
     _rot_quant_kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0),
                             float(ROT_BLOCK ** -0.5) if block else 1.0, ROT=rot, COL=col is not None, R=rp,
+                            ACT=int(act), PREFETCH=bool(sch["prefetch"]), RECIP=bool(sch["recip"]),
+                            EV1="evict_last" if sch["evict"] else "", EV2="evict_first" if sch["evict"] else "",
                             BK=ROT_BLOCK)
     return q, scale
 

@@ -143,6 +143,32 @@ def test_uncaptured_shapes_match_recompile(ckpts):
         assert y.shape == (1, frames, 4, 16, 16) and torch.isfinite(y).all()
 
 
+def test_fuse_gelu_keeps_outputs(ckpts):
+    """Moving each feed-forward's tanh-GELU into the next deploy layer (what prepare() does on CUDA,
+    where the Triton prologue applies it) leaves the CPU outputs bit for bit unchanged; state-dict
+    keys stay; layers of other kinds are left alone."""
+    from lsgq_compiler.deploy.modules import DeferredGELU, DeployLinear, fuse_gelu
+
+    _, out = ckpts
+    for name in ("wanlsgq-cuda-sm90", "cog-cuda-sm90"):
+        _, d, inp, _ = out[name]
+        m = from_pretrained(d, allow_reference=True)
+        kw = dict(inp, image_rotary_emb=None) if name.startswith("cog") else dict(inp)
+        keys = set(m.state_dict())
+        with torch.no_grad():
+            ref = m(**kw, return_dict=False)[0]
+        assert fuse_gelu(m, "cuda") == 0  # nothing on CUDA here
+        n = fuse_gelu(m, None)
+        fused = [x for x in m.modules() if isinstance(x, DeployLinear) and x.input_act]
+        assert n == len(fused) == sum(isinstance(x, DeferredGELU) for x in m.modules()) > 0, name
+        assert set(m.state_dict()) == keys
+        with torch.no_grad():
+            assert torch.equal(m(**kw, return_dict=False)[0], ref), name
+        assert fuse_gelu(m, None) == 0  # idempotent
+    vsr = from_pretrained(out["vsr-cuda-sm90-g128"][1], allow_reference=True)  # int4_fp8 (mslk): no prologue
+    assert fuse_gelu(vsr, None) == 0
+
+
 def test_report_and_targets(ckpts):
     """The plan records what each layer asked for and became; the loaded model says which kernels run."""
     from lsgq_compiler.deploy.module_form import deploy_report
