@@ -269,13 +269,15 @@ def build_skeleton_layers(model: nn.Module, layers: dict[str, dict], device: Any
         model.set_submodule(path, dev)
 
 
-def prepare(model: nn.Module) -> nn.Module:
-    """Build every deploy layer's kernel layout on its device (CUDA) and move feed-forward GELUs into the
-    next layer's CUDA prologue (:func:`~lsgq_compiler.deploy.modules.fuse_gelu`); returns ``model``."""
+def prepare(model: nn.Module, fuse_activations: bool = False) -> nn.Module:
+    """Build every deploy layer's kernel layout on its device (CUDA); returns ``model``.
+    ``fuse_activations``: also move feed-forward GELUs into the next layer's CUDA prologue
+    (:func:`~lsgq_compiler.deploy.modules.fuse_gelu`; measured slower on the H200, hence off)."""
     for m in model.modules():
         if isinstance(m, DeployLinear):
             m.prepare()
-    fuse_gelu(model, "cuda")
+    if fuse_activations:
+        fuse_gelu(model, "cuda")
     return model
 
 

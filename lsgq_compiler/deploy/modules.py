@@ -455,7 +455,12 @@ def fuse_gelu(model: nn.Module, device_type: str | None = "cuda") -> int:
     layer applies the activation itself (:attr:`DeployLinear.input_act`): on CUDA inside the fused
     prologue (one pass over the wide hidden state fewer), elsewhere as the same ``F.gelu`` call, so
     outputs do not change. ``device_type``: fuse only layers whose tensors live there (None: all).
-    Returns how many feed-forwards were fused."""
+    Returns how many feed-forwards were fused.
+
+    Measured on the H200 (``bench/deploy_gpu.py --parts linear_parts``, M = 17,776, K = 12,288): the
+    prologue with the GELU fused takes 1.21 ms against 1.14 ms for torch's GELU followed by the plain
+    prologue; the kernel is bound by its instructions, not by memory, and the fused GELU runs in
+    both of its sweeps. So :func:`~lsgq_compiler.deploy.module_form.prepare` leaves it off."""
     from diffusers.models.activations import GELU
 
     from lsgq_compiler.kernels.fp8_prologue import ACT_GELU_TANH

@@ -351,17 +351,22 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
     up = fp.lowrank_weight_cols((torch.randn(512, 32, generator=g) * 2).cuda())
     schedules = ({"prefetch": False, "recip": False}, {"prefetch": True, "recip": False},
                  {"prefetch": False, "recip": True}, {"prefetch": True, "recip": True, "evict": True})
+    bad = []
     for act in (0, 1):
         rq, rs = fp.rotate_quantize_fp8_reference(x, col, 128, down, act)
         for sch in schedules:
             q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, sch)
             same = float((q[:, :1536].float() == rq[:, :1536].float()).float().mean())
-            assert same >= 0.999, (act, sch, same)
-            assert torch.allclose(s, rs, rtol=1e-2 if act else 1e-5), (act, sch)
+            t, rt = (v[:, 1536:].float() for v in (q, rq))
+            lr = sqnr(rt[:, :32] + rt[:, 32:64], t[:, :32] + t[:, 32:64])
+            if same < 0.999 or not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
+                bad.append((act, sch, round(same, 5), float((s / rs - 1).abs().max()), round(lr, 2)))
         y = ops.rot_fp8_linear(x, packed, scale, b.bfloat16(), col, 128, down, up, act)
         yr = ops.rot_fp8_linear(x.cpu(), packed.cpu(), scale.cpu(), b.bfloat16().cpu(), col.cpu(), 128,
                                 down.cpu(), up.cpu(), act)
-        assert sqnr(yr.float(), y.float().cpu()) >= 40.0, act
+        if sqnr(yr.float(), y.float().cpu()) < 40.0:
+            bad.append((act, "op", round(sqnr(yr.float(), y.float().cpu()), 2)))
+    assert not bad, bad
     with pytest.raises(ValueError, match="activation"):
         fp.rotate_quantize_fp8(x, col, 128, down, 7)
 
