@@ -1,6 +1,6 @@
 """8-bit attention kernel vs bf16 SDPA at DOVE shape (48 heads x 18,226 tokens x 64) on one GPU.
 
-    python bench/attention_kernel.py [--n 18226 --heads 48 --dim 64]
+    python bench/attention_kernel.py [--n 18226 --heads 48 --dim 64] [--configs all|exp]
 
 Prints and writes bench/results/attention_kernel.json (or $OUT): median ms per call (CUDA
 events, 20 repeats), SQNR vs bf16 SDPA (torch's default backend, cuDNN on Hopper; the flash
@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--n", type=int, default=18226)
     ap.add_argument("--heads", type=int, default=48)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--configs", choices=("all", "exp"), default="all",
+                    help="all: every variant; exp: the tuned settings with each share of polynomial exponentials")
     args = ap.parse_args()
     g = torch.Generator("cuda").manual_seed(0)
     shape = (1, args.heads, args.n, args.dim)
@@ -84,6 +86,11 @@ def main():
     for tiles in [(128, 128, 4, 3), (128, 128, 4, 4), (128, 128, 4, 2), (128, 64, 8, 3), (128, 128, 8, 3),
                   (64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (256, 128, 8, 3)]:
         configs.append(dict(fast, **dict(zip(("bm", "bn", "num_warps", "num_stages"), tiles))))
+    for bn in (128, 64):  # 1 in 8 / 1 in 16 exponentials on the FMA pipe, with the tuned settings
+        configs += [dict(fast, pv="bf16", bn=bn, fixed_max=True, num_stages=4, rowsum_mma=True, exp=e)
+                    for e in ("poly8", "poly16")]
+    if args.configs == "exp":
+        configs = [c for c in configs if c.get("fixed_max") and c.get("rowsum_mma")]
     for cfg in configs:
         try:
             fn = lambda: triton_int8_attention(q, k, v, scale, True, **cfg)  # noqa: E731

@@ -3,6 +3,7 @@
     python bench/gpu_scale.py --part speed --model cogvideox-5b   # latency/memory/size/fidelity per variant
     python bench/gpu_scale.py --part speed --model wan-1.3b
     python bench/gpu_scale.py --part calib                        # LSGQuant pipeline cost per stage on the 5B
+    python bench/gpu_scale.py --part calib --model wan-14b        # the same on Wan2.1-14B (14,040 tokens)
     python bench/gpu_scale.py --small ...                         # tiny configs: a CPU/GPU smoke test
 
 Each part writes ``bench/results/gpu_scale_<part>_<model>.json`` (or under ``--out``) with the GPU named.
@@ -40,10 +41,15 @@ CONFIGS = {
     "wan-1.3b": dict(cls="WanTransformer3DModel", cfg=dict(
         patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
         text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30), out_hw=(480, 832), frames=33),
+    # Wan2.1-14B: dim 5120 = 40 heads x 128, FFN 13824, 40 layers; 480p x 33 frames = 14,040 video tokens
+    "wan-14b": dict(cls="WanTransformer3DModel", cfg=dict(
+        patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+        text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40), out_hw=(480, 832), frames=33),
 }
 SMALL = {
     "cogvideox-5b": dict(num_attention_heads=4, attention_head_dim=64, num_layers=2, text_embed_dim=64),
     "wan-1.3b": dict(num_attention_heads=2, attention_head_dim=128, ffn_dim=512, num_layers=2, text_dim=64),
+    "wan-14b": dict(num_attention_heads=2, attention_head_dim=128, ffn_dim=512, num_layers=2, text_dim=64),
 }
 
 
@@ -343,7 +349,8 @@ def run_speed(args, device: str, gpu: str = "none") -> dict:
 def run_calib(args, device: str) -> dict:
     from lsgq_compiler import QuantConfig, compile_quantized
 
-    model, inputs, tokens = build("cogvideox-5b", args.small, device)
+    model, inputs, tokens = build(args.model, args.small, device)
+    n_params = sum(p.numel() for p in model.parameters())
     g = torch.Generator(device).manual_seed(2)
     calib = []
     for _ in range(args.calib_clips):
@@ -362,7 +369,7 @@ def run_calib(args, device: str) -> dict:
     with torch.no_grad():
         ref = model(**inputs, return_dict=False)[0].float()
         out = qm(**inputs).float()
-    return {"model": "cogvideox-5b" if not args.small else "small", "video_tokens": tokens,
+    return {"model": args.model if not args.small else "small", "params": n_params, "video_tokens": tokens,
             "calib_clips": args.calib_clips, "total_s": round(total, 1),
             "timings_s": {k: round(v, 1) for k, v in qm.info["timings"].items()},
             "peak_mem_gib_per_stage": {k: round(v, 2) for k, v in qm.info.get("peak_mem_gib", {}).items()},
@@ -374,7 +381,7 @@ def run_calib(args, device: str) -> dict:
 def write_result(args, res: dict, gpu: str) -> Path:
     """Atomically write (or, for a ``--variants`` subset, merge into) the part's JSON."""
     res = dict(res, gpu=gpu, torch=torch.__version__, host=platform.node(), small=args.small)
-    name = f"gpu_scale_{args.part}_{args.model if args.part == 'speed' else 'cogvideox-5b'}{'_small' if args.small else ''}.json"
+    name = f"gpu_scale_{args.part}_{args.model}{'_small' if args.small else ''}.json"
     out = Path(os.environ.get("OUT", args.out)) / name if os.environ.get("OUT") else Path(args.out) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     prev = Path(args.out) / name

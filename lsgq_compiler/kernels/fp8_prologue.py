@@ -49,6 +49,11 @@ ACT_NONE, ACT_GELU_TANH = 0, 1  # input activations the prologue can apply on lo
 SCHEDULE = {"prefetch": False, "recip": True, "evict": False}
 
 
+#: the launch configurations the autotuner chooses from (rows per program, warps, pipeline stages)
+CONFIGS = tuple({"BM": bm, "num_warps": w, "num_stages": st}
+                for bm, w, st in ((16, 4, 3), (32, 4, 3), (32, 8, 4), (64, 4, 3), (64, 8, 2), (64, 8, 4), (128, 8, 2)))
+
+
 def available(device: torch.device | str | None = None) -> bool:
     """True when the Triton kernels can run on ``device`` (CUDA, compute capability >= 8.9)."""
     if triton is None or not torch.cuda.is_available():
@@ -82,6 +87,16 @@ def lowrank_weight_cols(b: torch.Tensor) -> torch.Tensor:
     hi, lo = split_fp8(b.float())
     pad = torch.zeros((n, _pad_rank(r) - r), dtype=torch.uint8, device=b.device)
     return torch.cat([hi.view(torch.uint8), pad, lo.view(torch.uint8), pad], 1).view(FP8)
+
+
+def e4m3_round_reference(v: torch.Tensor) -> torch.Tensor:
+    """The steps of the kernel's ``_e4m3_round`` in torch: float32 ``v`` (``|v| <= 448``) rounded to the nearest
+    float8_e4m3fn value, ties to even, kept in float32 (``(v + C) - C`` with ``C = 1.5 * 2^(e + 20)``, ``e`` the
+    exponent of ``v``, at least -6). Equals ``v.to(float8_e4m3fn).float()`` (tests/kernels check every case)."""
+    v = v.float()
+    ef = ((v.view(torch.int32) >> 23) & 255).clamp_min(121)
+    c = (((ef + 20) << 23) | (1 << 22)).view(torch.float32)
+    return (v + c) - c
 
 
 def apply_act(x: torch.Tensor, act: int) -> torch.Tensor:
@@ -133,6 +148,18 @@ if triton is not None:
                        other=0.0, eviction_policy=EVICT)
 
     @triton.jit
+    def _e4m3_round(v):
+        """float32 ``v`` (``|v| <= 448``) rounded to the nearest float8_e4m3fn value (ties to even), in
+        float32: ``(v + C) - C`` with ``C = 1.5 * 2^(e + 20)`` for ``v``'s exponent ``e`` (at least -6, the
+        subnormals' spacing), the add and subtract as explicit ``add.rn`` / ``sub.rn``. The low-rank split
+        uses it instead of ``v.to(float8e4nv).to(float32)``: values derived back from an FP8 tensor came out
+        misplaced on the H200 (Triton 3.6; ``t_lo`` 2.5 dB against the reference in every launch config)."""
+        ef = tl.maximum((v.to(tl.int32, bitcast=True) >> 23) & 255, 121)
+        c = (((ef + 20) << 23) | (1 << 22)).to(tl.float32, bitcast=True)
+        return tl.inline_asm_elementwise("{ add.rn.f32 $0, $1, $2; sub.rn.f32 $0, $0, $2; }", "=r,r,r", [v, c],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
     def _transform(x, c_ptr, h, k0, cols, K, norm, ROT: tl.constexpr, COL: tl.constexpr, ACT: tl.constexpr):
         """A loaded tile -> ``(xd, y)``: ``xd = x's dtype(act(x) * col)`` (what the low-rank factor sees) and
         ``y = xd H / sqrt(128)`` in float32 on the tensor cores (``ROT``; exact products) or ``xd``."""
@@ -149,9 +176,8 @@ if triton is not None:
             y = x.to(tl.float32)
         return x, y
 
-    @triton.autotune(configs=[triton.Config({"BM": bm}, num_warps=w, num_stages=st)
-                              for bm, w, st in ((16, 4, 3), (32, 4, 3), (32, 8, 4), (64, 4, 3), (64, 8, 2),
-                                                             (64, 8, 4), (128, 8, 2))],
+    @triton.autotune(configs=[triton.Config({"BM": c["BM"]}, num_warps=c["num_warps"], num_stages=c["num_stages"])
+                              for c in CONFIGS],
                      key=["K", "ROT", "R", "ACT", "PREFETCH", "RECIP", "EV1"])
     @triton.jit
     def _rot_quant_kernel(x_ptr, c_ptr, h_ptr, d_ptr, q_ptr, scale_ptr, M, K, stride_x, stride_q, norm,
@@ -211,8 +237,9 @@ if triton is not None:
                      mask=rmask[:, None] & cmask[None, :])
         if R > 0:  # [t_hi, t_lo, t_hi]: the GEMM's B side is [B_hi, B_hi, B_lo]
             tq = tl.fdiv(t, scale[:, None], ieee_rounding=True)
-            hi = tl.clamp(tq, -448.0, 448.0).to(tl.float8e4nv)
-            lo = tl.clamp(tq - hi.to(tl.float32), -448.0, 448.0).to(tl.float8e4nv)
+            hv = _e4m3_round(tl.clamp(tq, -448.0, 448.0))  # exactly an e4m3 value: its conversion is exact
+            hi = hv.to(tl.float8e4nv)
+            lo = tl.clamp(tq - hv, -448.0, 448.0).to(tl.float8e4nv)
             base = q_ptr + rows[:, None] * stride_q + (K + ranks)[None, :]
             tl.store(base, hi, mask=rmask[:, None])
             tl.store(base + R, lo, mask=rmask[:, None])
@@ -234,7 +261,7 @@ if triton is not None:
 
 def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block: int = 0,
                         lr_down: torch.Tensor | None = None, act: int = ACT_NONE,
-                        schedule: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        schedule: dict | None = None, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the input activation, scale columns, rotate (block-Hadamard, ``block`` 0 or 128), project on
     the low-rank factor and quantize to FP8 e4m3 per row, fused (numerics: :func:`rotate_quantize_fp8_reference`).
 
@@ -245,6 +272,8 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
         lr_down: ``(r, K)`` bf16 low-rank factor (already times ``col``'s signs and ``1 / c``) or None.
         act: :data:`ACT_NONE` or :data:`ACT_GELU_TANH` (the preceding GELU, fused into the load).
         schedule: overrides of :data:`SCHEDULE` (benchmarks).
+        config: one launch configuration instead of the autotuner's choice, e.g.
+            ``{"BM": 64, "num_warps": 8, "num_stages": 2}`` (tests run every configuration).
     Returns:
         ``(q (M, K + 3R) float8_e4m3fn, scale float32 (M,))``: ``q[:, :K] * scale ~= x R``, then the
         low-rank projections ``t`` as ``[t_hi, t_lo, t_hi]`` (``R`` = ``r`` padded to a power of two >= 16).
@@ -280,11 +309,12 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
     else:
         d = x
     grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
-    _rot_quant_kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0),
+    kernel = _rot_quant_kernel if config is None else _rot_quant_kernel.fn
+    kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0),
                             float(ROT_BLOCK ** -0.5) if block else 1.0, ROT=rot, COL=col is not None, R=rp,
                             ACT=int(act), PREFETCH=bool(sch["prefetch"]), RECIP=bool(sch["recip"]),
                             EV1="evict_last" if sch["evict"] else "", EV2="evict_first" if sch["evict"] else "",
-                            BK=ROT_BLOCK)
+                            BK=ROT_BLOCK, **(config or {}))
     return q, scale
 
 

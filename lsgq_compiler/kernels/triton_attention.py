@@ -39,7 +39,9 @@ DEFAULT_BM, DEFAULT_BN = 128, 64
 #: P's bf16 rounding (2^-9)
 POLY_EXP2 = (0.9999281167984009, 0.6932609677314758, 0.24261054396629333, 0.05517132207751274)
 #: ``exp`` modes of :func:`triton_int8_attention` -> the kernel's EXP code
-EXP_MODES = {"f32": 0, "x2": 1, "poly4": 3, "poly2": 4, "poly1": 5, "ftz": 6}
+EXP_MODES = {"f32": 0, "x2": 1, "poly4": 3, "poly2": 4, "poly1": 5, "ftz": 6, "poly8": 7, "poly16": 8}
+#: EXP code -> exponentials per inline-asm call, the last of which takes the polynomial
+POLY_PACK = {3: 4, 4: 2, 5: 1, 7: 8, 8: 16}
 
 
 def _f32_hex(v: float) -> str:
@@ -335,8 +337,8 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     exp_mode = EXP_MODES[exp]
     if exp_mode == 1 and pv == "bf16":
         exp_mode = 2  # packed bf16x2 exponentials
-    pack = {3: 4, 4: 2, 5: 1}.get(exp_mode, 1)
-    asm = exp2_mix_asm(pack) if 3 <= exp_mode <= 5 else "ex2.approx.ftz.f32 $0, $1;" if exp_mode == 6 else ""
+    pack = POLY_PACK.get(exp_mode, 1)
+    asm = exp2_mix_asm(pack) if exp_mode in POLY_PACK else "ex2.approx.ftz.f32 $0, $1;" if exp_mode == 6 else ""
     cons = ",".join(["=r"] * pack + ["r"] * pack)
     _int8_attn_fwd[grid](qq, kq, v8, qs, ks, vs, out, nq, n, qs.shape[1], ks.shape[1], svb, svh, svn,
                          out.stride(0), out.stride(1), out.stride(2),

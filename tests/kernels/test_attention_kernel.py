@@ -56,7 +56,9 @@ FAST_MODES = [dict(exp="x2"), dict(magic=True), dict(magic=True, bn=128, num_sta
               dict(pv="bf16", magic=True, exp="poly1"), dict(pv="bf16", magic=True, bn=128, fixed_max=True),
               dict(pv="bf16", magic=True, fixed_max=True, num_stages=4),
               dict(pv="bf16", magic=True, fixed_max=True, num_stages=4, rowsum_mma=True),
-              dict(pv="fp16", magic=True, rowsum_mma=True)]
+              dict(pv="fp16", magic=True, rowsum_mma=True),
+              dict(pv="bf16", magic=True, fixed_max=True, num_stages=4, rowsum_mma=True, exp="poly8"),
+              dict(pv="bf16", magic=True, fixed_max=True, num_stages=4, rowsum_mma=True, exp="poly16")]
 
 
 def test_fixed_max_needs_bf16_p():

@@ -159,6 +159,18 @@ def test_int4_row_codes_unpack_exactly_to_fp8():
     assert sqnr(w, codes.float() * scale[:, None]) >= 12.0  # int4 per row on Gaussian weights (~14 dB)
 
 
+def test_e4m3_rounding_in_float32_matches_the_cast():
+    """The low-rank split's float32 rounding to e4m3 (the kernel's ``_e4m3_round``) equals torch's cast on
+    every value class: subnormals, normals, exact ties on a 1/16 grid, zero and the +-448 ends."""
+    from lsgq_compiler.kernels import fp8_prologue as fp
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat([torch.randn(20000, generator=g) * s for s in (1e-3, 0.02, 1.0, 30.0, 200.0)]
+                  + [torch.arange(-448 * 16, 448 * 16 + 1) / 16.0]).clamp(-448, 448)
+    ref = v.to(torch.float8_e4m3fn).float()
+    assert torch.equal(fp.e4m3_round_reference(v), ref)
+
+
 @pytest.mark.parametrize("block", [0, 128, 256])
 def test_rot_fp8_linear_reference_numerics(block):
     """``lsgq::rot_fp8_linear`` (CPU reference) computes fp8(rotate(x)) @ (codes * scale)^T + b for int4
@@ -335,8 +347,8 @@ def test_cuda_prologue_with_smoothing_and_lowrank_matches_reference():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
 def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
-    """Every schedule of the Triton prologue (prefetch, reciprocal, L2 hints) and the fused tanh-GELU
-    (``act=1``) against the float reference: FP8 codes equal on >= 99.9% of entries, row scales within
+    """Every schedule and launch configuration of the Triton prologue (prefetch, reciprocal, L2 hints) and the
+    fused tanh-GELU (``act=1``) against the float reference: FP8 codes equal on >= 99.9% of entries, row scales within
     1e-5 (1e-2 with the GELU: a bf16 GELU value one ulp apart moves a row maximum), the whole op >= 40 dB."""
     from lsgq_compiler.hadamard import random_signs
     from lsgq_compiler.kernels import fp8_prologue as fp
@@ -361,6 +373,12 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
             lr = sqnr(rt[:, :32] + rt[:, 32:64], t[:, :32] + t[:, 32:64])
             if same < 0.999 or not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
                 bad.append((act, sch, round(same, 5), float((s / rs - 1).abs().max()), round(lr, 2)))
+        for cfg in fp.CONFIGS:  # every launch configuration the autotuner may pick, default schedule
+            q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, config=cfg)
+            t, rt = (v[:, 1536:].float() for v in (q, rq))
+            lr = sqnr(rt[:, :32] + rt[:, 32:64], t[:, :32] + t[:, 32:64])
+            if not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
+                bad.append((act, cfg, round(lr, 2)))
         y = ops.rot_fp8_linear(x, packed, scale, b.bfloat16(), col, 128, down, up, act)
         yr = ops.rot_fp8_linear(x.cpu(), packed.cpu(), scale.cpu(), b.bfloat16().cpu(), col.cpu(), 128,
                                 down.cpu(), up.cpu(), act)
