@@ -74,3 +74,16 @@ def test_plot_breakdown_draws_every_variant(tmp_path):
 def test_plot_breakdown_without_results_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="run --part speed first"):
         gs.plot_breakdown(tmp_path)
+
+
+def test_wan14b_config_has_the_published_size_and_its_own_calib_file(tmp_path, monkeypatch):
+    """The Wan2.1-14B config (``--part calib --model wan-14b``) builds a 14.3 B-parameter transformer
+    (on the meta device: no memory) and its stage table goes to its own JSON, not the 5B's."""
+    import diffusers
+
+    with torch.device("meta"):
+        m = diffusers.WanTransformer3DModel(**gs.CONFIGS["wan-14b"]["cfg"])
+    assert 14.0e9 < sum(p.numel() for p in m.parameters()) < 14.6e9
+    monkeypatch.delenv("OUT", raising=False)
+    args = types.SimpleNamespace(part="calib", model="wan-14b", small=False, variants="", out=str(tmp_path))
+    assert gs.write_result(args, {"total_s": 1.0}, "GPU-X").name == "gpu_scale_calib_wan-14b.json"
