@@ -309,6 +309,27 @@ def test_rot_fp8_linear_with_lowrank_columns_reference(block):
         assert sqnr(tf, hi_lo) >= 45.0  # hi + lo: ~8 significant bits
 
 
+def _cuda_lowrank_layer(seed: int, signs_seed: int):
+    """A 1536 -> 512 int4r layer on CUDA with a column multiplier (signs / smooth) and a rank-32 branch
+    given as the kernel's factors: ``(x, b, col, down, codes, scale, packed, up)``."""
+    from lsgq_compiler.hadamard import random_signs
+    from lsgq_compiler.kernels import fp8_prologue as fp
+
+    x, w, b = (t.cuda() for t in _data(m=1000, k=1536, n=512))
+    g = torch.Generator().manual_seed(seed)
+    col = (random_signs(1536, signs_seed) / (torch.rand(1536, generator=g) + 0.5)).cuda()
+    down = (torch.randn(32, 1536, generator=g) * 0.05).bfloat16().cuda()
+    codes, scale, packed = _int4r(w)
+    up = fp.lowrank_weight_cols((torch.randn(512, 32, generator=g) * 2).cuda())
+    return x, b, col, down, codes, scale, packed, up
+
+
+def _lowrank_cols_sqnr(q, rq, k: int = 1536, r: int = 32) -> float:
+    """SQNR (dB) of the kernel's low-rank columns ``hi + lo`` against the reference's."""
+    t, rt = (v[:, k:].float() for v in (q, rq))
+    return sqnr(rt[:, :r] + rt[:, r:2 * r], t[:, :r] + t[:, r:2 * r])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
 def test_cuda_prologue_with_smoothing_and_lowrank_matches_reference():
     """The Triton prologue with ``col`` and the low-rank projection, and the unpack with the low-rank
@@ -316,17 +337,11 @@ def test_cuda_prologue_with_smoothing_and_lowrank_matches_reference():
     of entries; the low-rank columns ``hi + lo`` >= 40 dB (its ``lo`` term takes the last bits of a dot
     product, which the summation order moves); the whole linear >= 40 dB against the reference op."""
     from lsgq_compiler.deploy import numerics as nx
-    from lsgq_compiler.hadamard import random_signs
     from lsgq_compiler.kernels import fp8_prologue as fp
 
     if not fp.available("cuda"):
         pytest.skip("Triton prologue needs sm_89+")
-    x, w, b = (t.cuda() for t in _data(m=1000, k=1536, n=512))
-    g = torch.Generator().manual_seed(5)
-    col = (random_signs(1536, 2) / (torch.rand(1536, generator=g) + 0.5)).cuda()
-    down = (torch.randn(32, 1536, generator=g) * 0.05).bfloat16().cuda()
-    codes, scale, packed = _int4r(w)
-    up = fp.lowrank_weight_cols((torch.randn(512, 32, generator=g) * 2).cuda())
+    x, b, col, down, codes, scale, packed, up = _cuda_lowrank_layer(5, 2)
     assert torch.equal(fp.unpack_int4_fp8(packed, up).view(torch.uint8),
                        fp.unpack_int4_fp8_reference(packed.cpu(), up.cpu()).view(torch.uint8).cuda())
     for block in (0, 128):
@@ -336,8 +351,7 @@ def test_cuda_prologue_with_smoothing_and_lowrank_matches_reference():
         assert float((q[:, :1536].float() == rq[:, :1536].float()).float().mean()) >= 0.999, block
         assert torch.allclose(s, rs, rtol=1e-5)
         # t = hi + lo (summation order moves lo's last bits): >= 40 dB against the reference
-        t, rt = (v[:, 1536:].float() for v in (q, rq))
-        assert torch.equal(t[:, :32], t[:, 64:]) and sqnr(rt[:, :32] + rt[:, 32:64], t[:, :32] + t[:, 32:64]) >= 40.0
+        assert torch.equal(q[:, 1536:1568].float(), q[:, 1600:].float()) and _lowrank_cols_sqnr(q, rq) >= 40.0
         y = ops.rot_fp8_linear(x, packed, scale, b.bfloat16(), col, block, down, up)
         yr = ops.rot_fp8_linear(x.cpu(), packed.cpu(), scale.cpu(), b.bfloat16().cpu(), col.cpu(), block,
                                 down.cpu(), up.cpu())
@@ -350,17 +364,11 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
     """Every schedule and launch configuration of the Triton prologue (prefetch, reciprocal, L2 hints) and the
     fused tanh-GELU (``act=1``) against the float reference: FP8 codes equal on >= 99.9% of entries, row scales within
     1e-5 (1e-2 with the GELU: a bf16 GELU value one ulp apart moves a row maximum), the whole op >= 40 dB."""
-    from lsgq_compiler.hadamard import random_signs
     from lsgq_compiler.kernels import fp8_prologue as fp
 
     if not fp.available("cuda"):
         pytest.skip("Triton prologue needs sm_89+")
-    x, w, b = (t.cuda() for t in _data(m=1000, k=1536, n=512))
-    g = torch.Generator().manual_seed(6)
-    col = (random_signs(1536, 3) / (torch.rand(1536, generator=g) + 0.5)).cuda()
-    down = (torch.randn(32, 1536, generator=g) * 0.05).bfloat16().cuda()
-    codes, scale, packed = _int4r(w)
-    up = fp.lowrank_weight_cols((torch.randn(512, 32, generator=g) * 2).cuda())
+    x, b, col, down, codes, scale, packed, up = _cuda_lowrank_layer(6, 3)
     schedules = ({"prefetch": False, "recip": False}, {"prefetch": True, "recip": False},
                  {"prefetch": False, "recip": True}, {"prefetch": True, "recip": True, "evict": True})
     bad = []
@@ -369,14 +377,12 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
         for sch in schedules:
             q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, sch)
             same = float((q[:, :1536].float() == rq[:, :1536].float()).float().mean())
-            t, rt = (v[:, 1536:].float() for v in (q, rq))
-            lr = sqnr(rt[:, :32] + rt[:, 32:64], t[:, :32] + t[:, 32:64])
+            lr = _lowrank_cols_sqnr(q, rq)
             if same < 0.999 or not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
                 bad.append((act, sch, round(same, 5), float((s / rs - 1).abs().max()), round(lr, 2)))
         for cfg in fp.CONFIGS:  # every launch configuration the autotuner may pick, default schedule
             q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, config=cfg)
-            t, rt = (v[:, 1536:].float() for v in (q, rq))
-            lr = sqnr(rt[:, :32] + rt[:, 32:64], t[:, :32] + t[:, 32:64])
+            lr = _lowrank_cols_sqnr(q, rq)
             if not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
                 bad.append((act, cfg, round(lr, 2)))
         y = ops.rot_fp8_linear(x, packed, scale, b.bfloat16(), col, 128, down, up, act)
