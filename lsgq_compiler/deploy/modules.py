@@ -459,8 +459,8 @@ def fuse_gelu(model: nn.Module, device_type: str | None = "cuda") -> int:
 
     Measured on the H200 (``bench/deploy_gpu.py --parts linear_parts``, M = 17,776, K = 12,288,
     2026-12-02): the prologue with the GELU fused takes 1.08 ms against 0.73 ms for torch's GELU followed
-    by the plain prologue (K = 3072: 0.28 against 0.20 ms); the kernel is bound by its instructions, not by memory, and the fused GELU runs in
-    both of its sweeps. So :func:`~lsgq_compiler.deploy.module_form.prepare` leaves it off."""
+    by the plain prologue (K = 3072: 0.28 against 0.20 ms); the kernel is bound by its instructions, not
+    by memory, and the fused GELU runs in both of its sweeps. So :func:`~lsgq_compiler.deploy.module_form.prepare` leaves it off."""
     from diffusers.models.activations import GELU
 
     from lsgq_compiler.kernels.fp8_prologue import ACT_GELU_TANH

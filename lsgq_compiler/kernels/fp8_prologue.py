@@ -293,8 +293,8 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
     scale = torch.empty((m,), device=x.device, dtype=torch.float32)
     if m == 0:
         return q, scale
-    # with the low-rank columns the kernel always takes its tensor-core path (the identity for block 0):
-    # its ROT=False variant wrote wrong t_lo columns on the H200 (tests/kernels, 2026-12-02), cause not found
+    # with the low-rank columns the kernel takes its tensor-core path (the identity for block 0): chosen on
+    # 2026-12-02 against wrong t_lo columns that turned out (2026-12-03) to come from the hi/lo split, in every path
     rot = bool(block) or r > 0
     if block:
         h = sylvester(ROT_BLOCK, x.device, x.dtype)
@@ -311,10 +311,10 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
     grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
     kernel = _rot_quant_kernel if config is None else _rot_quant_kernel.fn
     kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0),
-                            float(ROT_BLOCK ** -0.5) if block else 1.0, ROT=rot, COL=col is not None, R=rp,
-                            ACT=int(act), PREFETCH=bool(sch["prefetch"]), RECIP=bool(sch["recip"]),
-                            EV1="evict_last" if sch["evict"] else "", EV2="evict_first" if sch["evict"] else "",
-                            BK=ROT_BLOCK, **(config or {}))
+                 float(ROT_BLOCK ** -0.5) if block else 1.0, ROT=rot, COL=col is not None, R=rp,
+                 ACT=int(act), PREFETCH=bool(sch["prefetch"]), RECIP=bool(sch["recip"]),
+                 EV1="evict_last" if sch["evict"] else "", EV2="evict_first" if sch["evict"] else "",
+                 BK=ROT_BLOCK, **(config or {}))
     return q, scale
 
 

@@ -297,7 +297,8 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     ``pv``: ``"fp16"`` (P and V in fp16), ``"bf16"`` (P in bf16, V read in place when bf16: no copy) or
     ``"fp8"``. ``exp``: ``"f32"`` (fp32 ``ex2``, then P rounded to 16 bits) or ``"x2"`` (packed 16-bit
     ``ex2``: half the special-function work; P's precision is unchanged, its exponent argument is
-    rounded to 16 bits). ``magic``: int32 scores to fp32 through the 1.5 * 2^23 bit trick instead of
+    rounded to 16 bits), or ``"poly1"`` / ``"poly2"`` / ``"poly4"`` / ``"poly8"`` / ``"poly16"`` (all, 1 in 2, ...,
+    1 in 16 of the fp32 exponentials by a cubic on the FMA pipe, :func:`exp2_mix_asm`). ``magic``: int32 scores to fp32 through the 1.5 * 2^23 bit trick instead of
     I2F conversions (exact). ``fixed_max``: a Cauchy-Schwarz bound of each row's scores replaces the running row max
     (no max, no rescaling in the loop; blocks whose bound exceeds ``fixed_limit`` (exp2 domain) take
     the usual online softmax). ``rowsum_mma``: the softmax denominators as ``P @ ones`` on the tensor
