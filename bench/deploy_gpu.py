@@ -285,9 +285,9 @@ def part_ops(device: str) -> dict:
 
 
 #: prologue schedules timed side by side (fp8_prologue.SCHEDULE keys); the first is the kernel before them
-SCHEDULES = ({"prefetch": False, "recip": False, "evict": False}, {"prefetch": True, "recip": False, "evict": False},
-             {"prefetch": False, "recip": True, "evict": False}, {"prefetch": True, "recip": True, "evict": False},
-             {"prefetch": True, "recip": True, "evict": True})
+SCHEDULES = tuple(dict(zip(("prefetch", "recip", "evict", "split"), v)) for v in (
+    (False, False, False, False), (True, False, False, False), (False, True, False, False), (True, True, False, False),
+    (True, True, True, False), (False, True, False, True), (False, True, True, True)))
 
 
 def sched_tag(sc: dict) -> str:
@@ -704,7 +704,8 @@ def main() -> None:
                 res["parts"]["cogvideox-5b"] = {}
                 part_model("cogvideox-5b", args, device, Path(args.ckdir) / "cog", res["parts"]["cogvideox-5b"])
             elif part == "wan":
-                res["parts"]["wan-1.3b"] = part_model("wan-1.3b", args, device, Path(args.ckdir) / "wan")
+                res["parts"]["wan-1.3b"] = {}  # filled (and saved) variant by variant, like cog
+                part_model("wan-1.3b", args, device, Path(args.ckdir) / "wan", res["parts"]["wan-1.3b"])
             elif part == "wan14b":
                 res["parts"]["wan-14b"] = part_wan14b(args, device)
         except Exception as e:

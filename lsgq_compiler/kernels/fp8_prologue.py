@@ -45,8 +45,12 @@ ACT_NONE, ACT_GELU_TANH = 0, 1  # input activations the prologue can apply on lo
 #: ``prefetch``: issue the next tile's load before this tile's math (two tiles in flight per program);
 #: ``recip``: multiply by one reciprocal per row instead of dividing each value (codes differ from
 #: ``x / scale`` only where the product lands exactly on an FP8 rounding boundary);
-#: ``evict``: L2 hints, keep the rows for the second sweep and drop them after it
-SCHEDULE = {"prefetch": False, "recip": True, "evict": False}
+#: ``evict``: L2 hints, keep the rows for the second sweep and drop them after it;
+#: ``split``: rotate each 128-block as ``H_4 (x) H_32`` (Sylvester: ``H_128[(a, i), (b, j)] = H_4[a, b] H_32[i, j]``):
+#: four ``(BM, 32) @ (32, 32)`` tensor-core products and a 4-point add/subtract butterfly, 32 + 2 operations
+#: per value instead of 128 multiply-adds (the kernel's two sweeps each rotate every tile)
+SCHEDULE = {"prefetch": False, "recip": True, "evict": False, "split": False}
+SPLIT_WIDTH = ROT_BLOCK // 4  # the sub-block of the ``split`` schedule
 
 
 #: the launch configurations the autotuner chooses from (rows per program, warps, pipeline stages)
@@ -176,65 +180,125 @@ if triton is not None:
             y = x.to(tl.float32)
         return x, y
 
+    @triton.jit
+    def _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x, norm, EV: tl.constexpr,
+                    COL: tl.constexpr, ACT: tl.constexpr, SW: tl.constexpr):
+        """The 128-wide tile at column ``k0`` as four ``(BM, SW)`` pieces ``(x0..x3, y0..y3)``: ``xa`` as
+        :func:`_transform` leaves it (act, col), ``ya`` the rotated piece ``b`` = sum_a H_4[a, b] (xa H_SW),
+        float32, times ``norm`` (``H_128 = H_4 (x) H_SW``)."""
+        x0, z0 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0, K, stride_x, EV), c_ptr, hs, k0, scols, K,
+                            1.0, True, COL, ACT)
+        x1, z1 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0 + SW, K, stride_x, EV), c_ptr, hs, k0 + SW,
+                            scols, K, 1.0, True, COL, ACT)
+        x2, z2 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0 + 2 * SW, K, stride_x, EV), c_ptr, hs,
+                            k0 + 2 * SW, scols, K, 1.0, True, COL, ACT)
+        x3, z3 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0 + 3 * SW, K, stride_x, EV), c_ptr, hs,
+                            k0 + 3 * SW, scols, K, 1.0, True, COL, ACT)
+        a0, a1, a2, a3 = z0 + z1, z0 - z1, z2 + z3, z2 - z3
+        return x0, x1, x2, x3, (a0 + a2) * norm, (a1 + a3) * norm, (a0 - a2) * norm, (a1 - a3) * norm
+
+    @triton.jit
+    def _rank_part(t, x, d_ptr, ranks, k0, scols, K):
+        """``t += x d[:, k0 : k0 + SW]^T`` for one ``(BM, SW)`` piece (the low-rank projection, bf16 products)."""
+        dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + scols)[None, :], mask=((k0 + scols) < K)[None, :], other=0.0)
+        return t + tl.dot(x.to(tl.bfloat16), tl.trans(dn))
+
+    @triton.jit
+    def _store_q(q_ptr, y, inv, scale, rows, rmask, cols, k0, K, stride_q, RECIP: tl.constexpr):
+        """FP8 codes of the rotated piece ``y`` (row scale ``scale``, or its reciprocal ``inv``) at column ``k0``."""
+        if RECIP:
+            q = tl.clamp(y * inv[:, None], -448.0, 448.0)
+        else:
+            q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
+        cmask = (k0 + cols) < K
+        tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv),
+                 mask=rmask[:, None] & cmask[None, :])
+
     @triton.autotune(configs=[triton.Config({"BM": c["BM"]}, num_warps=c["num_warps"], num_stages=c["num_stages"])
                               for c in CONFIGS],
-                     key=["K", "ROT", "R", "ACT", "PREFETCH", "RECIP", "EV1"])
+                     key=["K", "ROT", "R", "ACT", "PREFETCH", "RECIP", "EV1", "SPLIT"])
     @triton.jit
     def _rot_quant_kernel(x_ptr, c_ptr, h_ptr, d_ptr, q_ptr, scale_ptr, M, K, stride_x, stride_q, norm,
                           ROT: tl.constexpr, COL: tl.constexpr, R: tl.constexpr, ACT: tl.constexpr,
                           PREFETCH: tl.constexpr, RECIP: tl.constexpr, EV1: tl.constexpr, EV2: tl.constexpr,
-                          BM: tl.constexpr, BK: tl.constexpr):
+                          SPLIT: tl.constexpr, SW: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
         rmask = rows < M
         cols = tl.arange(0, BK)
-        if ROT:
-            h = tl.load(h_ptr + cols[:, None] * BK + cols[None, :])
-        else:
-            h = 0
         amax = tl.zeros((BM,), dtype=tl.float32)
         if R > 0:
             ranks = tl.arange(0, R)
             t = tl.zeros((BM, R), dtype=tl.float32)
-        # sweep 1: row maxima (and the low-rank projections); PREFETCH: the next tile's load is issued
-        # before this tile's math, so two tiles per program are in flight
-        if PREFETCH:
-            nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV1)
-        for k0 in range(0, K, BK):
-            if PREFETCH:
-                x = nxt
-                nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV1)  # masked off past K
-            else:
-                x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV1)
-            x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
-            amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
-            if R > 0:  # low-rank projections from the same tile (lr_down zero-padded to R rows)
-                cmask = (k0 + cols) < K
-                dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + cols)[None, :], mask=cmask[None, :], other=0.0)
-                t += tl.dot(x.to(tl.bfloat16), tl.trans(dn))
-        if PREFETCH:
-            nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV2)
-        if R > 0:
-            amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
-        scale = tl.maximum(amax, 1e-12) / 448.0
-        tl.store(scale_ptr + rows, scale, mask=rmask)
-        if RECIP:  # one correctly rounded reciprocal per row; codes differ from x / scale only at ties (rare)
+        if SPLIT:  # H_128 = H_4 (x) H_SW: four small products and a butterfly per tile, both sweeps
+            scols = tl.arange(0, SW)
+            hs = tl.load(h_ptr + scols[:, None] * SW + scols[None, :])
+            for k0 in range(0, K, BK):
+                x0, x1, x2, x3, y0, y1, y2, y3 = _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x,
+                                                             norm, EV1, COL, ACT, SW)
+                amax = tl.maximum(amax, tl.maximum(tl.maximum(tl.max(tl.abs(y0), axis=1), tl.max(tl.abs(y1), axis=1)),
+                                                   tl.maximum(tl.max(tl.abs(y2), axis=1), tl.max(tl.abs(y3), axis=1))))
+                if R > 0:
+                    t = _rank_part(t, x0, d_ptr, ranks, k0, scols, K)
+                    t = _rank_part(t, x1, d_ptr, ranks, k0 + SW, scols, K)
+                    t = _rank_part(t, x2, d_ptr, ranks, k0 + 2 * SW, scols, K)
+                    t = _rank_part(t, x3, d_ptr, ranks, k0 + 3 * SW, scols, K)
+            if R > 0:
+                amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
+            scale = tl.maximum(amax, 1e-12) / 448.0
+            tl.store(scale_ptr + rows, scale, mask=rmask)
             inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
-        # sweep 2: the same tiles again (from L2 where they stayed), quantized
-        for k0 in range(0, K, BK):
+            for k0 in range(0, K, BK):
+                x0, x1, x2, x3, y0, y1, y2, y3 = _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x,
+                                                             norm, EV2, COL, ACT, SW)
+                _store_q(q_ptr, y0, inv, scale, rows, rmask, scols, k0, K, stride_q, RECIP)
+                _store_q(q_ptr, y1, inv, scale, rows, rmask, scols, k0 + SW, K, stride_q, RECIP)
+                _store_q(q_ptr, y2, inv, scale, rows, rmask, scols, k0 + 2 * SW, K, stride_q, RECIP)
+                _store_q(q_ptr, y3, inv, scale, rows, rmask, scols, k0 + 3 * SW, K, stride_q, RECIP)
+        else:
+            if ROT:
+                h = tl.load(h_ptr + cols[:, None] * BK + cols[None, :])
+            else:
+                h = 0
+            # sweep 1: row maxima (and the low-rank projections); PREFETCH: the next tile's load is issued
+            # before this tile's math, so two tiles per program are in flight
             if PREFETCH:
-                x = nxt
-                nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV2)
-            else:
-                x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV2)
-            x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
-            if RECIP:
-                q = tl.clamp(y * inv[:, None], -448.0, 448.0)
-            else:
-                q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
-            cmask = (k0 + cols) < K
-            tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv),
-                     mask=rmask[:, None] & cmask[None, :])
+                nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV1)
+            for k0 in range(0, K, BK):
+                if PREFETCH:
+                    x = nxt
+                    nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV1)  # masked off past K
+                else:
+                    x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV1)
+                x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
+                amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
+                if R > 0:  # low-rank projections from the same tile (lr_down zero-padded to R rows)
+                    cmask = (k0 + cols) < K
+                    dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + cols)[None, :], mask=cmask[None, :], other=0.0)
+                    t += tl.dot(x.to(tl.bfloat16), tl.trans(dn))
+            if PREFETCH:
+                nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV2)
+            if R > 0:
+                amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
+            scale = tl.maximum(amax, 1e-12) / 448.0
+            tl.store(scale_ptr + rows, scale, mask=rmask)
+            if RECIP:  # one correctly rounded reciprocal per row; codes differ from x / scale only at ties (rare)
+                inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
+            # sweep 2: the same tiles again (from L2 where they stayed), quantized
+            for k0 in range(0, K, BK):
+                if PREFETCH:
+                    x = nxt
+                    nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV2)
+                else:
+                    x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV2)
+                x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
+                if RECIP:
+                    q = tl.clamp(y * inv[:, None], -448.0, 448.0)
+                else:
+                    q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
+                cmask = (k0 + cols) < K
+                tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv),
+                         mask=rmask[:, None] & cmask[None, :])
         if R > 0:  # [t_hi, t_lo, t_hi]: the GEMM's B side is [B_hi, B_hi, B_lo]
             tq = tl.fdiv(t, scale[:, None], ieee_rounding=True)
             hv = _e4m3_round(tl.clamp(tq, -448.0, 448.0))  # exactly an e4m3 value: its conversion is exact
@@ -271,7 +335,7 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
         block: 0 (no rotation) or 128.
         lr_down: ``(r, K)`` bf16 low-rank factor (already times ``col``'s signs and ``1 / c``) or None.
         act: :data:`ACT_NONE` or :data:`ACT_GELU_TANH` (the preceding GELU, fused into the load).
-        schedule: overrides of :data:`SCHEDULE` (benchmarks).
+        schedule: overrides of :data:`SCHEDULE` (benchmarks; ``split`` rotates as ``H_4 (x) H_32``, ignores ``prefetch``).
         config: one launch configuration instead of the autotuner's choice, e.g.
             ``{"BM": 64, "num_warps": 8, "num_stages": 2}`` (tests run every configuration).
     Returns:
@@ -296,7 +360,10 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
     # with the low-rank columns the kernel takes its tensor-core path (the identity for block 0): chosen on
     # 2026-12-02 against wrong t_lo columns that turned out (2026-12-03) to come from the hi/lo split, in every path
     rot = bool(block) or r > 0
-    if block:
+    split = bool(block) and bool(sch["split"])
+    if split:
+        h = sylvester(SPLIT_WIDTH, x.device, x.dtype).contiguous()
+    elif block:
         h = sylvester(ROT_BLOCK, x.device, x.dtype)
     elif rot:
         h = torch.eye(ROT_BLOCK, device=x.device, dtype=x.dtype)
@@ -314,7 +381,7 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
                  float(ROT_BLOCK ** -0.5) if block else 1.0, ROT=rot, COL=col is not None, R=rp,
                  ACT=int(act), PREFETCH=bool(sch["prefetch"]), RECIP=bool(sch["recip"]),
                  EV1="evict_last" if sch["evict"] else "", EV2="evict_first" if sch["evict"] else "",
-                 BK=ROT_BLOCK, **(config or {}))
+                 SPLIT=split, SW=SPLIT_WIDTH, BK=ROT_BLOCK, **(config or {}))
     return q, scale
 
 

@@ -331,7 +331,7 @@ def triton_int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
         v8 = v if v.dtype == vdt and v.stride(-1) == 1 else v.to(vdt).contiguous()
         vs = qs  # unused
         svb, svh, svn = v8.stride(0), v8.stride(1), v8.stride(2)
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous like the fake (q may be a permuted view)
     grid = (triton.cdiv(nq, bm), b * h)
     if exp not in EXP_MODES:
         raise ValueError(f"exp={exp!r}: expected one of {sorted(EXP_MODES)}")

@@ -42,6 +42,22 @@ def test_triton_kernel_matches_reference():
     assert sqnr(ref, out.float().cpu()) >= 35.0
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the Triton kernel needs CUDA"))])
+def test_op_layout_matches_its_fake_for_permuted_inputs(device):
+    """Wan's processor passes ``(B, N, H, D)`` tensors transposed to ``(B, H, N, D)`` views: the op returns a
+    contiguous tensor like its fake (``torch.compile`` asserts the strides), with the same values as for
+    contiguous inputs; ``torch.library.opcheck`` checks the fake against the real op."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 300, 2, 64, generator=g).to(device, torch.bfloat16).transpose(1, 2) for _ in range(3))
+    out = torch.ops.lsgq.int8_attention(q, k, v, 64 ** -0.5, True)
+    assert out.is_contiguous() and out.shape == q.shape
+    assert torch.equal(out, torch.ops.lsgq.int8_attention(q.contiguous(), k.contiguous(), v.contiguous(),
+                                                          64 ** -0.5, True))
+    torch.library.opcheck(torch.ops.lsgq.int8_attention.default, (q, k, v, 64 ** -0.5, True),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
 def test_triton_kernel_cross_attention_lengths():
     q = torch.randn(1, 2, 700, 64, device="cuda", dtype=torch.bfloat16)

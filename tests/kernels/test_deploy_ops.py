@@ -171,6 +171,21 @@ def test_e4m3_rounding_in_float32_matches_the_cast():
     assert torch.equal(fp.e4m3_round_reference(v), ref)
 
 
+def test_split_schedule_factorisation_is_the_sylvester_hadamard():
+    """The ``split`` schedule rotates a 128-block as ``H_4 (x) H_32``: four products with ``H_32`` then the
+    butterfly ``y_b = sum_a H_4[a, b] z_a``; that equals ``x H_128`` exactly (float64)."""
+    from lsgq_compiler.hadamard import sylvester
+    from lsgq_compiler.kernels import fp8_prologue as fp
+
+    sw = fp.SPLIT_WIDTH
+    h, h4, hs = (sylvester(n, "cpu", torch.float64) for n in (fp.ROT_BLOCK, fp.ROT_BLOCK // sw, sw))
+    assert torch.equal(h, torch.kron(h4, hs))
+    x = torch.randn(16, fp.ROT_BLOCK, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z0, z1, z2, z3 = (x[:, a * sw:(a + 1) * sw] @ hs for a in range(4))
+    a0, a1, a2, a3 = z0 + z1, z0 - z1, z2 + z3, z2 - z3  # the kernel's butterfly, in its order
+    assert torch.allclose(torch.cat([a0 + a2, a1 + a3, a0 - a2, a1 - a3], 1), x @ h, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("block", [0, 128, 256])
 def test_rot_fp8_linear_reference_numerics(block):
     """``lsgq::rot_fp8_linear`` (CPU reference) computes fp8(rotate(x)) @ (codes * scale)^T + b for int4
@@ -370,7 +385,8 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
         pytest.skip("Triton prologue needs sm_89+")
     x, b, col, down, codes, scale, packed, up = _cuda_lowrank_layer(6, 3)
     schedules = ({"prefetch": False, "recip": False}, {"prefetch": True, "recip": False},
-                 {"prefetch": False, "recip": True}, {"prefetch": True, "recip": True, "evict": True})
+                 {"prefetch": False, "recip": True}, {"prefetch": True, "recip": True, "evict": True},
+                 {"split": True}, {"split": True, "recip": False})
     bad = []
     for act in (0, 1):
         rq, rs = fp.rotate_quantize_fp8_reference(x, col, 128, down, act)
@@ -380,11 +396,13 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
             lr = _lowrank_cols_sqnr(q, rq)
             if same < 0.999 or not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
                 bad.append((act, sch, round(same, 5), float((s / rs - 1).abs().max()), round(lr, 2)))
-        for cfg in fp.CONFIGS:  # every launch configuration the autotuner may pick, default schedule
-            q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, config=cfg)
-            lr = _lowrank_cols_sqnr(q, rq)
-            if not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
-                bad.append((act, cfg, round(lr, 2)))
+        for cfg in fp.CONFIGS:  # every launch configuration the autotuner may pick, default and split schedules
+            for split in (False, True):
+                q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, {"split": split}, config=cfg)
+                same = float((q[:, :1536].float() == rq[:, :1536].float()).float().mean())
+                lr = _lowrank_cols_sqnr(q, rq)
+                if same < 0.999 or not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
+                    bad.append((act, cfg, split, round(same, 5), round(lr, 2)))
         y = ops.rot_fp8_linear(x, packed, scale, b.bfloat16(), col, 128, down, up, act)
         yr = ops.rot_fp8_linear(x.cpu(), packed.cpu(), scale.cpu(), b.bfloat16().cpu(), col.cpu(), 128,
                                 down.cpu(), up.cpu(), act)
