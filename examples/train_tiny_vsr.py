@@ -146,6 +146,20 @@ shipped p122-d384 needed 3,878 steps of the scikit-image domain alone for +1.73.
 a checkpoint (``--init``) would need the 13.9 MB weights carried too, over the 64 MiB with the
 bundle and wheels.
 
+RESUMING ACROSS CALLS (added 2026-12-03; not yet run on the H200). One 600-s call gives p211-d256 about
+3,000 steps; ``--state DIR --stop-at N`` ends the final run after step N and writes its whole state to DIR
+(float32 weights, EMA, AdamW moments and step counts, the batch and crop generators, the record so far;
+safetensors + JSON, written atomically), and the same command without ``--stop-at`` (or with a later one)
+resumes there. The result is the uninterrupted run's, bit for bit on CPU
+(``tests/examples/test_photo_training.py::test_stop_and_resume_gives_the_uninterrupted_weights``); a state
+from other settings is refused with the settings that differ. The pair pool is rebuilt from pair 0 on
+resume (pairs are a pure function of ``--seed`` and their index; ~40 s for 16,384 pairs on 15 workers).
+On the device machine, keep DIR inside the tree in an ignored folder (``.train_state/``, in
+``.gitignore``): ignored outputs stay on the warm machine when the next call follows within its warm
+window. Plan for the next session's two calls (about 7,300 steps of p211-d256, 2.3x the 2026-12-03 run):
+the "Next call" command above with ``--ref-steps 12000 --state .train_state``, plus ``--stop-at 3500`` in
+the first call only.
+
 CPU smoke run (a few steps, to check the pipeline)::
 
     python examples/train_tiny_vsr.py --device cpu --steps 4 --batch 2 --pool 8 --warm 4 --fresh 1 \\
@@ -565,6 +579,70 @@ def save_weights(vsr: Any, config: dict, out: Path, meta: dict, split_mb: float)
     return parts
 
 
+STATE_FILES = ("train_state.safetensors", "train_state.json")
+
+
+def save_train_state(folder: Path, key: dict, done: int, params: list, ema: list, opt: Any, gens: dict,
+                     rec: dict, pending: list[float]) -> None:
+    """Everything the final run needs to go on after step ``done``, in ``folder`` (safetensors + JSON, no
+    pickle; each file written to a temporary name and renamed): the float32 parameters, their EMA, AdamW's
+    moments and step counts, the batch and crop generators, the record so far and the losses not yet
+    averaged. ``key`` is the run's settings, checked on resume."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t: dict[str, Any] = {}
+    for i, p in enumerate(params):
+        t[f"param.{i}"] = p.detach().float().cpu().contiguous()
+        st = opt.state.get(p, {})
+        if st:
+            t[f"step.{i}"] = torch.as_tensor(st["step"]).detach().float().cpu().reshape(1)
+            t[f"exp_avg.{i}"] = st["exp_avg"].detach().cpu().contiguous()
+            t[f"exp_avg_sq.{i}"] = st["exp_avg_sq"].detach().cpu().contiguous()
+    for i, e in enumerate(ema):
+        t[f"ema.{i}"] = e.detach().float().cpu().contiguous()
+    for name, g in gens.items():
+        t[f"gen.{name}"] = g.get_state()
+    tmp = folder / (STATE_FILES[0] + ".tmp")
+    save_file(t, str(tmp))
+    meta = {"key": key, "step": done, "record": rec, "pending_losses": pending}
+    tmpj = folder / (STATE_FILES[1] + ".tmp")
+    tmpj.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, folder / STATE_FILES[0])
+    os.replace(tmpj, folder / STATE_FILES[1])
+
+
+def load_train_state(folder: Path, key: dict, params: list, ema: list, opt: Any, gens: dict) -> dict | None:
+    """Restore a state :func:`save_train_state` wrote (None when ``folder`` holds none). A state written by
+    other settings is refused with the settings that differ: resuming must continue the same run."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not (folder / STATE_FILES[1]).exists():
+        return None
+    meta = json.loads((folder / STATE_FILES[1]).read_text())
+    diff = sorted(k for k in set(key) | set(meta["key"]) if key.get(k) != meta["key"].get(k))
+    if diff:
+        raise SystemExit(f"--state {folder}: that state is from another run (different {', '.join(diff)}: "
+                         + "; ".join(f"{k} {meta['key'].get(k)!r} there, {key.get(k)!r} now" for k in diff)
+                         + "); pass the same settings, or a new --state folder")
+    t = load_file(str(folder / STATE_FILES[0]))
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(t[f"param.{i}"].to(p.device, p.dtype))
+            if f"exp_avg.{i}" in t:
+                dev = p.device
+                opt.state[p] = {"step": t[f"step.{i}"].reshape(()).to(dev if opt.defaults.get("fused") else "cpu"),
+                                "exp_avg": t[f"exp_avg.{i}"].to(dev), "exp_avg_sq": t[f"exp_avg_sq.{i}"].to(dev)}
+        for i, e in enumerate(ema):
+            e.copy_(t[f"ema.{i}"].to(e.device))
+    for name, g in gens.items():
+        g.set_state(t[f"gen.{name}"])
+    return meta
+
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -605,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="make training pairs at most this many ahead of the schedule's need (0: no limit)")
     ap.add_argument("--save-every", type=int, default=0, help="also save the raw weights every N final steps")
     ap.add_argument("--split-mb", type=float, default=0.0, help="write the weights in parts of at most this many MiB")
+    ap.add_argument("--state", default="", help="folder for the final run's full training state: written when "
+                                                "--stop-at ends the run early, read (resumed) when it holds one")
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="with --state: stop the final run after this step, save its state and exit without "
+                         "scoring (the next call with the same settings resumes; for time-capped calls)")
     ap.add_argument("--out", default="tiny_vsr_out", help="folder for tiny_vsr.safetensors/.json, train_log.json, "
                                                           "train_curve.png")
     args = ap.parse_args(argv)
@@ -619,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--arch auto picks from an --ablation: pass --ablation A,B,... too")
     if args.init and args.arch == "auto":
         raise SystemExit("--init needs a fixed --arch matching the weights")
+    if args.stop_at and not args.state:
+        raise SystemExit("--stop-at needs --state (the folder the run's state is saved to)")
 
     t_start = time.time()
     out = Path(args.out)
@@ -702,8 +787,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             hqs.append(torch.from_numpy(item[0]))
             lqs.append(torch.from_numpy(item[1]))
-            if len(hqs) >= 64 and have + len(hqs) >= need:  # ingest a little per step: keeps the GPU fed
-                break
+            if len(hqs) >= 64 and have + len(hqs) >= need or len(hqs) >= 1024:  # a little per step keeps the
+                break  # GPU fed; a large backlog (a resumed run) is ingested in pieces
         if hqs:
             k = len(hqs)
             hq_pool[have:have + k] = torch.stack(hqs).to(dev, non_blocking=True)
@@ -713,8 +798,11 @@ def main(argv: list[str] | None = None) -> int:
             fill(need)
 
     def train_run(arch: Arch, total: int, warmup: int, ema_decay: float, tag: str, init: str = "",
-                  save_every: int = 0, meta: dict | None = None) -> tuple[Any, dict[str, Any], list, list]:
-        """Train ``arch`` for ``total`` steps; returns the model, its record, the parameters and their EMA."""
+                  save_every: int = 0, meta: dict | None = None,
+                  state: dict | None = None) -> tuple[Any, dict[str, Any] | None, list, list]:
+        """Train ``arch`` for ``total`` steps; returns the model, its record (None when ``state["stop_at"]``
+        ended it early, the state saved), the parameters and their EMA. ``state``: ``{"folder", "key",
+        "stop_at"}``, resume from / save to that folder (:func:`load_train_state`, :func:`save_train_state`)."""
         config = arch.config()
         torch.manual_seed(args.seed)
         vsr = (load_tiny_vsr(init) if init else build_tiny_vsr(config, seed=args.seed)).to(dev)
@@ -737,8 +825,18 @@ def main(argv: list[str] | None = None) -> int:
         rec: dict[str, Any] = {"arch": arch.name, "tag": tag, "steps": total, "params": n_params, **c,
                                "loss": [], "val": []}
         losses = []
+        start = 0
+        gens = {"batch": gen, "crop": crop_gen}
+        if state:
+            got = load_train_state(state["folder"], state["key"], params, ema, opt, gens)
+            if got:
+                start = int(got["step"])
+                rec.update(got["record"])
+                losses = [torch.tensor(v) for v in got["pending_losses"]]
+                print(f"[{tag}] resumed from {state['folder']} at step {start}", flush=True)
         t0 = time.time()
-        for step in range(total):
+        t50 = None
+        for step in range(start, total):
             need = min(pool_n, args.warm + step * args.fresh)
             fill(need)
             idx = torch.randint(0, need, (args.batch,), generator=gen)
@@ -784,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
             if done == 50 and dev.type == "cuda":
                 torch.cuda.synchronize()
                 t50 = time.time()
-            if done == 150 and dev.type == "cuda" and total > 150:
+            if done == 150 and dev.type == "cuda" and total > 150 and t50 is not None:
                 torch.cuda.synchronize()
                 rec["ms_per_step_measured"] = (time.time() - t50) * 10.0
                 print(f"[{tag}] step time {rec['ms_per_step_measured']:.0f} ms (steps 50..150), peak GPU memory "
@@ -799,7 +897,14 @@ def main(argv: list[str] | None = None) -> int:
             if save_every and done % save_every == 0 and done < total:
                 save_weights(vsr, config, out, {**(meta or {}), "steps": done, "weights": "raw, mid-run"},
                              args.split_mb)
-        rec["train_seconds"] = round(time.time() - t0, 1)
+            if state and state["stop_at"] and done == state["stop_at"] and done < total:
+                rec["train_seconds"] = round(rec.get("train_seconds", 0.0) + time.time() - t0, 1)
+                save_train_state(state["folder"], state["key"], done, params, ema, opt, gens, rec,
+                                 [float(v) for v in losses])
+                print(f"[{tag}] stopped at step {done} of {total}; state saved to {state['folder']} "
+                      f"(run again with the same settings to go on)", flush=True)
+                return vsr, None, params, ema
+        rec["train_seconds"] = round(rec.get("train_seconds", 0.0) + time.time() - t0, 1)
         return vsr, rec, params, ema
 
     runs: list[dict[str, Any]] = []
@@ -852,8 +957,18 @@ def main(argv: list[str] | None = None) -> int:
             else "scikit-image", "training_photos": photo_names, "choice": choice,
             "fast_camera": args.fast_camera or None, "fast_share": args.fast_share if args.fast_camera else None,
             "skimage_share": args.skimage_share}
-    vsr, final, params, ema = train_run(arch, total, args.warmup, args.ema, "final", args.init, args.save_every, meta)
+    state = None
+    if args.state:
+        key = {k: getattr(args, k) for k in ("seed", "batch", "lr", "warmup", "pool", "warm", "fresh", "ema", "init",
+                                             "with_skimage", "skimage_share", "fast_camera", "fast_share")}
+        state = {"folder": Path(args.state), "key": {**key, "arch": arch.name, "steps": total,
+                                                     "photos": [str(p) for p in photo_names]},
+                 "stop_at": args.stop_at}
+    vsr, final, params, ema = train_run(arch, total, args.warmup, args.ema, "final", args.init, args.save_every, meta,
+                                        state)
     stream.close()
+    if final is None:  # --stop-at: the state is saved, nothing is scored
+        return 0
     runs.append(final)
     raw = final["final"]
     backup = [p.detach().clone() for p in params]

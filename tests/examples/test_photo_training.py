@@ -197,3 +197,32 @@ def test_train_two_steps_on_cpu(ex, bundle, tmp_path, monkeypatch):
     lq = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     with torch.no_grad():
         assert upscale_clip(vsr, lq).shape == (8, 64, 64, 3)
+
+
+def test_stop_and_resume_gives_the_uninterrupted_weights(ex, bundle, tmp_path, monkeypatch):
+    """``--stop-at 3 --state S`` then the same command without ``--stop-at`` ends with exactly the weights of
+    one uninterrupted 5-step run (CPU, bit for bit); a state from other settings is refused by name."""
+    from safetensors.torch import load_file
+
+    t = ex[2]
+    _, out = bundle
+    monkeypatch.setitem(t.ARCHS, "t-p211", t.Arch("t-p211", (2, 1, 1), 1, 64, layers=1, crop_lq=16))
+    base = ["--device", "cpu", "--photos", str(out), "--arch", "t-p211", "--steps", "5", "--batch", "2", "--pool", "6",
+            "--warm", "4", "--fresh", "1", "--workers", "1", "--heldout", "2", "--eval-every", "2", "--warmup", "2",
+            "--eval-clips", "0"]
+    assert t.main(base + ["--out", str(tmp_path / "whole")]) == 0
+    state = tmp_path / "state"
+    assert t.main(base + ["--state", str(state), "--stop-at", "3", "--out", str(tmp_path / "part")]) == 0
+    assert (state / "train_state.safetensors").exists() and not (tmp_path / "part" / "tiny_vsr.safetensors").exists()
+    assert json.loads((state / "train_state.json").read_text())["step"] == 3
+    assert t.main(base + ["--state", str(state), "--out", str(tmp_path / "part")]) == 0
+    a = load_file(str(tmp_path / "whole" / "tiny_vsr.safetensors"))
+    b = load_file(str(tmp_path / "part" / "tiny_vsr.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = json.loads((tmp_path / "whole" / "train_log.json").read_text())["runs"][-1]
+    lb = json.loads((tmp_path / "part" / "train_log.json").read_text())["runs"][-1]
+    assert la["loss"] == lb["loss"] and la["val"] == lb["val"]
+    with pytest.raises(SystemExit, match="lr"):
+        t.main([*base, "--lr", "1e-3", "--state", str(state), "--out", str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match="--stop-at needs --state"):
+        t.main([*base, "--stop-at", "2", "--out", str(tmp_path / "other")])
