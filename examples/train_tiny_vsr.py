@@ -1015,7 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
                "eval_set": ev, "report_clips": reports, "wall_seconds": round(time.time() - t_start, 1)}
     (out / "train_log.json").write_text(json.dumps(summary, indent=2))
     plot_curves(runs, bic_psnr, out / "train_curve.png")
-    print(f"done in {time.time() - t_start:.0f}s (final run {final['train_seconds']:.0f}s, {total} steps)", flush=True)
+    print(f"done in {time.time() - t_start:.0f}s (final run {final['train_seconds']:.0f}s of training, {total} steps"
+          f"{', over every call of a resumed run' if args.state else ''})", flush=True)
     return 0
 
 
