@@ -284,6 +284,8 @@ if triton is not None:
             tl.store(scale_ptr + rows, scale, mask=rmask)
             if RECIP:  # one correctly rounded reciprocal per row; codes differ from x / scale only at ties (rare)
                 inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
+            else:
+                inv = scale  # unused: _store_q divides by scale
             # sweep 2: the same tiles again (from L2 where they stayed), quantized
             for k0 in range(0, K, BK):
                 if PREFETCH:
@@ -292,13 +294,7 @@ if triton is not None:
                 else:
                     x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV2)
                 x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
-                if RECIP:
-                    q = tl.clamp(y * inv[:, None], -448.0, 448.0)
-                else:
-                    q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
-                cmask = (k0 + cols) < K
-                tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv),
-                         mask=rmask[:, None] & cmask[None, :])
+                _store_q(q_ptr, y, inv, scale, rows, rmask, cols, k0, K, stride_q, RECIP)
         if R > 0:  # [t_hi, t_lo, t_hi]: the GEMM's B side is [B_hi, B_hi, B_lo]
             tq = tl.fdiv(t, scale[:, None], ieee_rounding=True)
             hv = _e4m3_round(tl.clamp(tq, -448.0, 448.0))  # exactly an e4m3 value: its conversion is exact

@@ -439,3 +439,23 @@ def test_prepare_releases_lowrank_factors_for_the_gemm_columns():
     assert torch.equal(m(x.cuda()), y)
     with pytest.raises(ValueError, match="kernel layout"):
         m.state_dict()
+
+
+def test_prologue_compiles_for_sm90_without_a_gpu():
+    """Every schedule of the Triton prologue (split or not, reciprocal or not, with or without the low-rank
+    columns, the fused GELU) compiles to PTX for sm_90: Triton's frontend and code generation run without a
+    GPU, so a kernel edit is checked before a device call. Skipped where Triton is not installed (CPU CI)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+
+    from lsgq_compiler.kernels import fp8_prologue as fp
+
+    sig = {"x_ptr": "*bf16", "c_ptr": "*fp32", "h_ptr": "*bf16", "d_ptr": "*bf16", "q_ptr": "*fp8e4nv",
+           "scale_ptr": "*fp32", "M": "i32", "K": "i32", "stride_x": "i32", "stride_q": "i32", "norm": "fp32"}
+    for split, recip, r, act in ((False, True, 32, 0), (False, False, 0, 1), (True, True, 32, 0), (True, False, 0, 1)):
+        const = dict(ROT=True, COL=True, R=r, ACT=act, PREFETCH=False, RECIP=recip, EV1="", EV2="", SPLIT=split,
+                     SW=fp.SPLIT_WIDTH, BM=64, BK=fp.ROT_BLOCK)
+        src = triton.compiler.ASTSource(fn=fp._rot_quant_kernel.fn, constexprs=const,
+                                        signature={**sig, **{n: "constexpr" for n in const}})
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 128), options={"num_warps": 8}).asm["ptx"]
+        assert "cvt.rn.satfinite.e4m3x2.f32" in ptx or "e4m3" in ptx, (split, recip, r, act)
