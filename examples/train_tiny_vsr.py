@@ -642,7 +642,6 @@ def load_train_state(folder: Path, key: dict, params: list, ema: list, opt: Any,
     return meta
 
 
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -836,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{tag}] resumed from {state['folder']} at step {start}", flush=True)
         t0 = time.time()
         t50 = None
+        train_seconds = lambda: round(rec.get("train_seconds", 0.0) + time.time() - t0, 1)  # noqa: E731 (over calls)
         for step in range(start, total):
             need = min(pool_n, args.warm + step * args.fresh)
             fill(need)
@@ -898,13 +898,13 @@ def main(argv: list[str] | None = None) -> int:
                 save_weights(vsr, config, out, {**(meta or {}), "steps": done, "weights": "raw, mid-run"},
                              args.split_mb)
             if state and state["stop_at"] and done == state["stop_at"] and done < total:
-                rec["train_seconds"] = round(rec.get("train_seconds", 0.0) + time.time() - t0, 1)
+                rec["train_seconds"] = train_seconds()
                 save_train_state(state["folder"], state["key"], done, params, ema, opt, gens, rec,
                                  [float(v) for v in losses])
                 print(f"[{tag}] stopped at step {done} of {total}; state saved to {state['folder']} "
                       f"(run again with the same settings to go on)", flush=True)
                 return vsr, None, params, ema
-        rec["train_seconds"] = round(rec.get("train_seconds", 0.0) + time.time() - t0, 1)
+        rec["train_seconds"] = train_seconds()
         return vsr, rec, params, ema
 
     runs: list[dict[str, Any]] = []
@@ -962,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         key = {k: getattr(args, k) for k in ("seed", "batch", "lr", "warmup", "pool", "warm", "fresh", "ema", "init",
                                              "with_skimage", "skimage_share", "fast_camera", "fast_share")}
         state = {"folder": Path(args.state), "key": {**key, "arch": arch.name, "steps": total,
-                                                     "photos": [str(p) for p in photo_names]},
+                                                     "photos": list(photo_names)},
                  "stop_at": args.stop_at}
     vsr, final, params, ema = train_run(arch, total, args.warmup, args.ema, "final", args.init, args.save_every, meta,
                                         state)

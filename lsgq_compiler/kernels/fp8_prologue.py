@@ -233,6 +233,7 @@ if triton is not None:
         if SPLIT:  # H_128 = H_4 (x) H_SW: four small products and a butterfly per tile, both sweeps
             scols = tl.arange(0, SW)
             hs = tl.load(h_ptr + scols[:, None] * SW + scols[None, :])
+            # sweep 1: row maxima (and the low-rank projections)
             for k0 in range(0, K, BK):
                 x0, x1, x2, x3, y0, y1, y2, y3 = _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x,
                                                              norm, EV1, COL, ACT, SW)
@@ -243,18 +244,6 @@ if triton is not None:
                     t = _rank_part(t, x1, d_ptr, ranks, k0 + SW, scols, K)
                     t = _rank_part(t, x2, d_ptr, ranks, k0 + 2 * SW, scols, K)
                     t = _rank_part(t, x3, d_ptr, ranks, k0 + 3 * SW, scols, K)
-            if R > 0:
-                amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
-            scale = tl.maximum(amax, 1e-12) / 448.0
-            tl.store(scale_ptr + rows, scale, mask=rmask)
-            inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
-            for k0 in range(0, K, BK):
-                x0, x1, x2, x3, y0, y1, y2, y3 = _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x,
-                                                             norm, EV2, COL, ACT, SW)
-                _store_q(q_ptr, y0, inv, scale, rows, rmask, scols, k0, K, stride_q, RECIP)
-                _store_q(q_ptr, y1, inv, scale, rows, rmask, scols, k0 + SW, K, stride_q, RECIP)
-                _store_q(q_ptr, y2, inv, scale, rows, rmask, scols, k0 + 2 * SW, K, stride_q, RECIP)
-                _store_q(q_ptr, y3, inv, scale, rows, rmask, scols, k0 + 3 * SW, K, stride_q, RECIP)
         else:
             if ROT:
                 h = tl.load(h_ptr + cols[:, None] * BK + cols[None, :])
@@ -273,20 +262,27 @@ if triton is not None:
                 x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
                 amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
                 if R > 0:  # low-rank projections from the same tile (lr_down zero-padded to R rows)
-                    cmask = (k0 + cols) < K
-                    dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + cols)[None, :], mask=cmask[None, :], other=0.0)
-                    t += tl.dot(x.to(tl.bfloat16), tl.trans(dn))
+                    t = _rank_part(t, x, d_ptr, ranks, k0, cols, K)
             if PREFETCH:
                 nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV2)
-            if R > 0:
-                amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
-            scale = tl.maximum(amax, 1e-12) / 448.0
-            tl.store(scale_ptr + rows, scale, mask=rmask)
-            if RECIP:  # one correctly rounded reciprocal per row; codes differ from x / scale only at ties (rare)
-                inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
-            else:
-                inv = scale  # unused: _store_q divides by scale
-            # sweep 2: the same tiles again (from L2 where they stayed), quantized
+        if R > 0:
+            amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
+        scale = tl.maximum(amax, 1e-12) / 448.0
+        tl.store(scale_ptr + rows, scale, mask=rmask)
+        if RECIP:  # one correctly rounded reciprocal per row; codes differ from x / scale only at ties (rare)
+            inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
+        else:
+            inv = scale  # unused: _store_q divides by scale
+        # sweep 2: the same tiles again (from L2 where they stayed), quantized
+        if SPLIT:
+            for k0 in range(0, K, BK):
+                x0, x1, x2, x3, y0, y1, y2, y3 = _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x,
+                                                             norm, EV2, COL, ACT, SW)
+                _store_q(q_ptr, y0, inv, scale, rows, rmask, scols, k0, K, stride_q, RECIP)
+                _store_q(q_ptr, y1, inv, scale, rows, rmask, scols, k0 + SW, K, stride_q, RECIP)
+                _store_q(q_ptr, y2, inv, scale, rows, rmask, scols, k0 + 2 * SW, K, stride_q, RECIP)
+                _store_q(q_ptr, y3, inv, scale, rows, rmask, scols, k0 + 3 * SW, K, stride_q, RECIP)
+        else:
             for k0 in range(0, K, BK):
                 if PREFETCH:
                     x = nxt
