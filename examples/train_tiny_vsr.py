@@ -584,10 +584,11 @@ STATE_FILES = ("train_state.safetensors", "train_state.json")
 
 def save_train_state(folder: Path, key: dict, done: int, params: list, ema: list, opt: Any, gens: dict,
                      rec: dict, pending: list[float]) -> None:
-    """Everything the final run needs to go on after step ``done``, in ``folder`` (safetensors + JSON, no
-    pickle; each file written to a temporary name and renamed): the float32 parameters, their EMA, AdamW's
-    moments and step counts, the batch and crop generators, the record so far and the losses not yet
-    averaged. ``key`` is the run's settings, checked on resume."""
+    """Everything the final run needs to go on after step ``done``, in ``folder``: the float32 parameters,
+    their EMA, AdamW's moments and step counts, the batch and crop generators, and (in the same file's
+    metadata, so that one rename makes the whole state current: a run killed mid-save keeps the previous
+    state) the settings ``key``, the step, the record so far and the losses not yet averaged. Safetensors,
+    no pickle; ``train_state.json`` repeats the metadata for people and is never read back."""
     import torch
     from safetensors.torch import save_file
 
@@ -604,12 +605,12 @@ def save_train_state(folder: Path, key: dict, done: int, params: list, ema: list
         t[f"ema.{i}"] = e.detach().float().cpu().contiguous()
     for name, g in gens.items():
         t[f"gen.{name}"] = g.get_state()
+    meta = json.dumps({"key": key, "step": done, "record": rec, "pending_losses": pending}, indent=1)
     tmp = folder / (STATE_FILES[0] + ".tmp")
-    save_file(t, str(tmp))
-    meta = {"key": key, "step": done, "record": rec, "pending_losses": pending}
-    tmpj = folder / (STATE_FILES[1] + ".tmp")
-    tmpj.write_text(json.dumps(meta, indent=1))
+    save_file(t, str(tmp), metadata={"state": meta})
     os.replace(tmp, folder / STATE_FILES[0])
+    tmpj = folder / (STATE_FILES[1] + ".tmp")
+    tmpj.write_text(meta)
     os.replace(tmpj, folder / STATE_FILES[1])
 
 
@@ -617,17 +618,24 @@ def load_train_state(folder: Path, key: dict, params: list, ema: list, opt: Any,
     """Restore a state :func:`save_train_state` wrote (None when ``folder`` holds none). A state written by
     other settings is refused with the settings that differ: resuming must continue the same run."""
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    if not (folder / STATE_FILES[1]).exists():
+    path = folder / STATE_FILES[0]
+    if not path.exists():
         return None
-    meta = json.loads((folder / STATE_FILES[1]).read_text())
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("state")
+    if raw is None:
+        raise SystemExit(f"--state {folder}: {path.name} holds no run metadata (not written by this script, or "
+                         "by an older version); pass a new --state folder")
+    meta = json.loads(raw)
     diff = sorted(k for k in set(key) | set(meta["key"]) if key.get(k) != meta["key"].get(k))
     if diff:
         raise SystemExit(f"--state {folder}: that state is from another run (different {', '.join(diff)}: "
                          + "; ".join(f"{k} {meta['key'].get(k)!r} there, {key.get(k)!r} now" for k in diff)
                          + "); pass the same settings, or a new --state folder")
-    t = load_file(str(folder / STATE_FILES[0]))
+    t = load_file(str(path))
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(t[f"param.{i}"].to(p.device, p.dtype))
@@ -687,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-at", type=int, default=0,
                     help="with --state: stop the final run after this step, save its state and exit without "
                          "scoring (the next call with the same settings resumes; for time-capped calls)")
+    ap.add_argument("--state-every", type=int, default=0,
+                    help="with --state: also save the state every N final steps, so that a call killed by its "
+                         "time limit loses at most N steps (the next call with the same settings resumes)")
     ap.add_argument("--out", default="tiny_vsr_out", help="folder for tiny_vsr.safetensors/.json, train_log.json, "
                                                           "train_curve.png")
     args = ap.parse_args(argv)
@@ -701,8 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--arch auto picks from an --ablation: pass --ablation A,B,... too")
     if args.init and args.arch == "auto":
         raise SystemExit("--init needs a fixed --arch matching the weights")
-    if args.stop_at and not args.state:
-        raise SystemExit("--stop-at needs --state (the folder the run's state is saved to)")
+    if (args.stop_at or args.state_every) and not args.state:
+        raise SystemExit("--stop-at and --state-every need --state (the folder the run's state is saved to)")
 
     t_start = time.time()
     out = Path(args.out)
@@ -897,13 +908,15 @@ def main(argv: list[str] | None = None) -> int:
             if save_every and done % save_every == 0 and done < total:
                 save_weights(vsr, config, out, {**(meta or {}), "steps": done, "weights": "raw, mid-run"},
                              args.split_mb)
-            if state and state["stop_at"] and done == state["stop_at"] and done < total:
+            stop = bool(state and state["stop_at"] and done == state["stop_at"])
+            if state and done < total and (stop or (state["every"] and done % state["every"] == 0)):
                 rec["train_seconds"] = train_seconds()
                 save_train_state(state["folder"], state["key"], done, params, ema, opt, gens, rec,
                                  [float(v) for v in losses])
-                print(f"[{tag}] stopped at step {done} of {total}; state saved to {state['folder']} "
-                      f"(run again with the same settings to go on)", flush=True)
-                return vsr, None, params, ema
+                if stop:
+                    print(f"[{tag}] stopped at step {done} of {total}; state saved to {state['folder']} "
+                          f"(run again with the same settings to go on)", flush=True)
+                    return vsr, None, params, ema
         rec["train_seconds"] = train_seconds()
         return vsr, rec, params, ema
 
@@ -963,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "with_skimage", "skimage_share", "fast_camera", "fast_share")}
         state = {"folder": Path(args.state), "key": {**key, "arch": arch.name, "steps": total,
                                                      "photos": list(photo_names)},
-                 "stop_at": args.stop_at}
+                 "stop_at": args.stop_at, "every": args.state_every}
     vsr, final, params, ema = train_run(arch, total, args.warmup, args.ema, "final", args.init, args.save_every, meta,
                                         state)
     stream.close()

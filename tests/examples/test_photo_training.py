@@ -199,7 +199,7 @@ def test_train_two_steps_on_cpu(ex, bundle, tmp_path, monkeypatch):
         assert upscale_clip(vsr, lq).shape == (8, 64, 64, 3)
 
 
-def test_stop_and_resume_gives_the_uninterrupted_weights(ex, bundle, tmp_path, monkeypatch):
+def test_stop_and_resume_gives_the_uninterrupted_weights(ex, bundle, tmp_path, monkeypatch, capsys):
     """``--stop-at 3 --state S`` then the same command without ``--stop-at`` ends with exactly the weights of
     one uninterrupted 5-step run (CPU, bit for bit); a state from other settings is refused by name."""
     from safetensors.torch import load_file
@@ -224,5 +224,16 @@ def test_stop_and_resume_gives_the_uninterrupted_weights(ex, bundle, tmp_path, m
     assert la["loss"] == lb["loss"] and la["val"] == lb["val"]
     with pytest.raises(SystemExit, match="lr"):
         t.main([*base, "--lr", "1e-3", "--state", str(state), "--out", str(tmp_path / "other")])
-    with pytest.raises(SystemExit, match="--stop-at needs --state"):
+    with pytest.raises(SystemExit, match="--stop-at and --state-every need --state"):
         t.main([*base, "--stop-at", "2", "--out", str(tmp_path / "other")])
+    # --state-every 2: a call killed after step 4 leaves the step-4 state (simulated by keeping the state of a
+    # finished run: its last periodic save is step 4); the same command then resumes there and ends the same
+    every = tmp_path / "every"
+    assert t.main(base + ["--state", str(every), "--state-every", "2", "--out", str(tmp_path / "e1")]) == 0
+    assert json.loads((every / "train_state.json").read_text())["step"] == 4
+    capsys.readouterr()
+    assert t.main(base + ["--state", str(every), "--state-every", "2", "--out", str(tmp_path / "e2")]) == 0
+    assert f"resumed from {every} at step 4" in capsys.readouterr().out
+    for d in ("e1", "e2"):
+        c = load_file(str(tmp_path / d / "tiny_vsr.safetensors"))
+        assert c.keys() == a.keys() and all(torch.equal(a[k], c[k]) for k in a)
