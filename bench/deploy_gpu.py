@@ -201,8 +201,8 @@ def bench_call(fn, iters: int, device: str) -> dict:
 
 def cuda_graph_call(fn):
     """``fn()`` (a model call on fixed input tensors) captured in one CUDA graph, after two warm-up calls on a
-    side stream (Triton autotuning, allocator); returns ``(replay, output)``: ``replay()`` re-runs the captured
-    kernels with no Python in between and returns the same output tensors, overwritten in place. What a
+    side stream (Triton autotuning, allocator); returns ``replay``: ``replay()`` re-runs the captured kernels
+    with no Python in between and returns the captured output tensors, overwritten in place. What a
     host-bound model gains from it is its host time."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -218,7 +218,7 @@ def cuda_graph_call(fn):
         graph.replay()
         return out
 
-    return replay, out
+    return replay
 
 
 def graph_variant(fn, ref: torch.Tensor, bms: float, iters: int, device: str) -> dict:
@@ -226,7 +226,7 @@ def graph_variant(fn, ref: torch.Tensor, bms: float, iters: int, device: str) ->
     try:
         reset_peak(device)
         t0 = time.perf_counter()
-        replay, out = cuda_graph_call(fn)
+        replay = cuda_graph_call(fn)
         o = replay()[0].float()
         r = bench_call(replay, iters, device)
         r.update(capture_and_warmup_s=round(time.perf_counter() - t0, 1), peak_mem_gib=peak_gib(device),
@@ -698,8 +698,9 @@ def main() -> None:
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--skip-fp8", action="store_true")
-    ap.add_argument("--variants", default="deployed,fp8", help="of each model besides bf16: deployed, fp8, graph (bf16 and the deployed model "
-                         "replayed from one CUDA graph: their time without host overhead)")
+    ap.add_argument("--variants", default="deployed,fp8",
+                    help="of each model besides bf16: deployed, fp8, graph (bf16 and the deployed model replayed "
+                         "from one CUDA graph: their time without host overhead)")
     ap.add_argument("--target", default="cuda-sm90", choices=("cuda-sm90", "cuda-sm90-g128"),
                     help="deploy target of the LSGQuant variant: cuda-sm90 (int4 per row on the FP8 tensor cores, "
                          "default) or cuda-sm90-g128 (int4 groups of 128, mslk f8i4bf16_shuffled)")

@@ -59,15 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--clips: unknown {unknown}; the eval clips are {sorted(clips)}")
 
+    vsrs = {m: load_tiny_vsr(path).eval() for m, path in models.items()}  # float32 (the loader's default)
     rows: list[tuple[str, list[np.ndarray]]] = []
     record: dict[str, dict] = {}
     for n in names:
         c = clips[n]
         outs = {"ground truth": c.hq, "bicubic": bicubic_upscale(c.lq)}
-        for m, path in models.items():
-            vsr = (load_tiny_vsr() if path is None else load_tiny_vsr(path)).float().eval()
-            with torch.no_grad():
-                outs[m] = upscale_clip(vsr, c.lq)
+        with torch.no_grad():
+            outs.update({m: upscale_clip(vsr, c.lq) for m, vsr in vsrs.items()})
         h, w = c.hq.shape[1:3]
         y0, x0 = (h - args.crop) // 2 // 8 * 8, (w - args.crop) // 2 // 8 * 8  # crops aligned to the token grid
         crop = lambda a: a[args.frame, y0:y0 + args.crop, x0:x0 + args.crop]  # noqa: E731
