@@ -25,9 +25,10 @@ of the whole model, which takes over 4 minutes for the deployed 5B model.
   ``lsgq::int4_fp8_linear`` = mslk f8i4bf16_shuffled; FP8 rowwise, 8-bit attention); ``kernels``
   counts them. SQNR against the
   simulation is the checkpoint against the compiled fake-quant model on held-back batches.
-- ``--variants ...,graph`` adds ``bf16-cudagraph`` and ``lsgquant-cuda-sm90-cudagraph``: the eager model
-  captured in one ``torch.cuda.CUDAGraph`` and replayed (:func:`cuda_graph_call`), i.e. its kernels without
-  host time; the deployed Wan2.1-1.3B spends ~220 of its 353 ms per call on the host (2026-12-03).
+- ``--variants ...,graph`` adds ``bf16-cudagraph`` and ``lsgquant-cuda-sm90-cudagraph`` (and their
+  ``-compiled-cudagraph`` forms, the compiled model replayed): the eager model
+  wrapped by :func:`lsgq_compiler.deploy.cuda_graphs` (one ``torch.cuda.CUDAGraph`` replayed), i.e. its kernels without
+  host time (2026-12-03: 0.3-0.7% for the compiled models, which were not host-bound).
 Wan2.1-14B: the deployed W4 model only, library ``DeployLinear`` layers whose random weights are made
 and quantized layer by layer on the GPU (no bf16 copy), eager, peak memory at 14k tokens.
 """
@@ -199,39 +200,22 @@ def bench_call(fn, iters: int, device: str) -> dict:
             "op_ms": gs.op_breakdown(fn, device)}
 
 
-def cuda_graph_call(fn):
-    """``fn()`` (a model call on fixed input tensors) captured in one CUDA graph, after two warm-up calls on a
-    side stream (Triton autotuning, allocator); returns ``replay``: ``replay()`` re-runs the captured kernels
-    with no Python in between and returns the captured output tensors, overwritten in place. What a
-    host-bound model gains from it is its host time."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        out = fn()
+def graph_variant(model, inputs: dict, ref: torch.Tensor, bms: float, iters: int, device: str) -> dict:
+    """Time ``model`` wrapped by :func:`lsgq_compiler.deploy.cuda_graphs` (what a user calls: inputs copied
+    in, one graph replay, outputs copied out); errors are recorded, not raised."""
+    from lsgq_compiler.deploy import cuda_graphs
 
-    def replay():
-        graph.replay()
-        return out
-
-    return replay
-
-
-def graph_variant(fn, ref: torch.Tensor, bms: float, iters: int, device: str) -> dict:
-    """Time ``fn`` replayed from a CUDA graph (:func:`cuda_graph_call`); errors are recorded, not raised."""
     try:
         reset_peak(device)
         t0 = time.perf_counter()
-        replay = cuda_graph_call(fn)
+        g = cuda_graphs(model)
+        replay = lambda: g(**inputs, return_dict=False)  # noqa: E731
         o = replay()[0].float()
         r = bench_call(replay, iters, device)
         r.update(capture_and_warmup_s=round(time.perf_counter() - t0, 1), peak_mem_gib=peak_gib(device),
                  sqnr_vs_bf16_db=round(gs.sqnr(ref, o), 2), speedup_vs_bf16_compile=round(bms / r["median_ms"], 3),
-                 how="eager model captured in one torch.cuda.CUDAGraph, replayed")
+                 how="eager model wrapped by lsgq_compiler.deploy.cuda_graphs: inputs copied in, "
+                     "one CUDA graph replayed, outputs copied out")
         return r
     except Exception as e:
         import traceback
@@ -451,12 +435,16 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
     bms = r["median_ms"]
     stamp(f"{name} bf16 {bms} ms")
     SAVE()
+    want = set(args.variants.split(","))
+    if "graph" in want and device == "cuda":  # the compiled model replayed: fused kernels and no host time
+        V["bf16-compiled-cudagraph"] = graph_variant(cb, inputs, ref, bms, args.iters, device)
+        stamp(f"{name} bf16 compiled CUDA graph {V['bf16-compiled-cudagraph'].get('median_ms')}")
+        SAVE()
     del cb
     uncompile(base)
 
-    want = set(args.variants.split(","))
     if "graph" in want and device == "cuda":
-        V["bf16-cudagraph"] = graph_variant(call(base), ref, bms, args.iters, device)
+        V["bf16-cudagraph"] = graph_variant(base, inputs, ref, bms, args.iters, device)
         stamp(f"{name} bf16 CUDA graph {V['bf16-cudagraph'].get('median_ms', V['bf16-cudagraph'].get('error'))}")
         SAVE()
     # the user's path: model folder -> recorded calibration -> `lsgq quantize` -> deploy checkpoint
@@ -523,10 +511,14 @@ def part_model(name: str, args, device: str, ckdir: Path, out: dict | None = Non
         V[tag] = r
         SAVE()
         stamp(f"{name} deployed {r['median_ms']} ms  peak {r['peak_mem_gib']} GiB  {r['sqnr_vs_bf16_db']} dB")
+        if "graph" in want and device == "cuda":
+            V[tag + "-compiled-cudagraph"] = graph_variant(cd, inputs, ref, bms, args.iters, device)
+            stamp(f"{name} deployed compiled CUDA graph {V[tag + '-compiled-cudagraph'].get('median_ms')}")
+            SAVE()
         del cd
         uncompile(dm)
         if "graph" in want and device == "cuda":  # the eager deployed model without its host time
-            V[tag + "-cudagraph"] = graph_variant(call(dm), ref, bms, args.iters, device)
+            V[tag + "-cudagraph"] = graph_variant(dm, inputs, ref, bms, args.iters, device)
             stamp(f"{name} deployed CUDA graph "
                   f"{V[tag + '-cudagraph'].get('median_ms', V[tag + '-cudagraph'].get('error'))}")
             SAVE()

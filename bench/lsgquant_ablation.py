@@ -64,11 +64,13 @@ def main() -> None:
     L = "lsgquant"
     # the demo's training budgets, in QAO iterations for all layers together (reproducible):
     # W4A4 / W6A6 1,000, W8A8 340 (what 150 s / 50 s of QAO trained on 2 idle CPU cores)
-    from lsgq_compiler.vsr.demo import DEMO_QAO_ITERS
+    # and its options (two gradient probes per observed batch; the recipe default of four is
+    # one ablation row)
+    from lsgq_compiler.vsr.demo import DEMO_OPTIONS, DEMO_QAO_ITERS
 
     def lsg(bits: int, iters: int | None = DEMO_QAO_ITERS[0], **options) -> QuantConfig:
         return QuantConfig(recipe=L, weight_bits=bits, act_bits=bits,
-                           options={**options, **({"qao_iters": iters} if iters is not None else {})})
+                           options={**DEMO_OPTIONS, **options, **({"qao_iters": iters} if iters is not None else {})})
 
     cfgs = {"minmax-w4a4": QuantConfig(recipe="minmax", weight_bits=4, act_bits=4),
             "minmax-w6a6": QuantConfig(recipe="minmax", weight_bits=6, act_bits=6),
@@ -76,7 +78,7 @@ def main() -> None:
             "lsgquant-w8a8": lsg(8, DEMO_QAO_ITERS[1]), "lsgquant-w6a6": lsg(6), "lsgquant-w4a4": lsg(4)}
     abl = {"no DRAQ": {"draq": False}, "no VOLTS: all full": {"volts": "all_full"},
            "no VOLTS: all frozen": {"volts": "all_frozen"}, "no low-rank": {"lowrank_share": 0},
-           "no rotation": {"rotate": False}}
+           "no rotation": {"rotate": False}, "4 gradient probes (recipe default)": {"probes": 4}}
     for name, o in abl.items():
         cfgs[f"W4A4 {name}"] = lsg(4, **o)
     cfgs["W4A4 no VOLTS: all full, no iteration total"] = lsg(4, None, volts="all_full")

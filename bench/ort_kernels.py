@@ -2,8 +2,9 @@
 
     python bench/ort_kernels.py [--threads 2] [--iters 30]
 
-The shipped model (tiny-vsr, a Wan-style DiT) at the demo clip size runs its linears on 2,048
-video tokens of width 384 (FFN 1,536) and self-attention over 6 heads x 2,048 tokens x 64.
+The shipped model (tiny-vsr, a Wan-style DiT) at the demo clip size (8 frames of 32x32 LQ) runs its
+linears on its video tokens and self-attention over its heads; the shapes are read from
+``tiny_vsr_config()`` (2026-12-03: 4,096 tokens of width 256, FFN 1,024, 4 heads x 64).
 For each GEMM shape: FP32 ``MatMul + Add`` against ``DynamicQuantizeMatMul`` (int8 per tensor: what
 the ``ort_int8_tensor`` export fuses to) and ``MatMulNBits`` with 8- and 4-bit weights
 (``accuracy_level`` 0: float compute, 4: int8 activations). For attention: the fused
@@ -24,9 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-TOKENS, WIDTH, FFN, HEADS, HEAD_DIM = 2048, 384, 1536, 6, 64
-GEMMS = {"attention projections (384 -> 384)": (WIDTH, WIDTH), "FFN up (384 -> 1536)": (WIDTH, FFN),
-         "FFN down (1536 -> 384)": (FFN, WIDTH)}
+def _shapes() -> tuple[int, int, int, int, int]:
+    """``(tokens, width, ffn, heads, head_dim)`` of the shipped model on an 8 x 32 x 32 LQ tile."""
+    from lsgq_compiler.vsr.models import tiny_vsr_config
+
+    t = tiny_vsr_config()["transformer"]
+    pt, ph, pw = t["patch_size"]
+    heads, hd = t["num_attention_heads"], t["attention_head_dim"]
+    return (8 // pt) * (32 // ph) * (32 // pw), heads * hd, t["ffn_dim"], heads, hd
+
+
+TOKENS, WIDTH, FFN, HEADS, HEAD_DIM = _shapes()
+GEMMS = {f"attention projections ({WIDTH} -> {WIDTH})": (WIDTH, WIDTH), f"FFN up ({WIDTH} -> {FFN})": (WIDTH, FFN),
+         f"FFN down ({FFN} -> {WIDTH})": (FFN, WIDTH)}
 
 
 def _model(nodes, inits, inputs: dict[str, list[int]], out_shape: list[int]) -> bytes:

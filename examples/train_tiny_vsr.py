@@ -6,7 +6,7 @@ Data, two sources:
   (``lsgq_compiler.vsr.data.training_photos()``, disjoint from the evaluation photos) by
   ``pan_zoom_clip`` with seeded random camera paths, augmented (random transpose, horizontal and
   vertical flips, time reversal, RGB channel order, per-channel gains that tint the gray photos
-  half the time, a photo shrink 30% of the time). This is what trained the shipped weights.
+  half the time, a photo shrink 30% of the time). This trained the previous (p122-d384) weights.
 * ``--photos BUNDLE``: the ``train`` split of a photo bundle (``examples/photo_bundle.py``: the
   15 lomiri-wallpapers photographs; the plasma-workspace-wallpapers ones are held out and never
   read here), ``--with-skimage`` adds the scikit-image training photos. A photo is drawn with
@@ -41,7 +41,7 @@ p111-d256-c16    (1, 1, 1)  256    1024  6.9 M   13.9 MB       8192         4x4 
 ===============  =========  =====  ====  ======  ============  ===========  ===================
 
 (6 blocks each, heads of 64; a tile is 8 x 32 x 32 LQ pixels, what ``lsgq eval`` runs; all
-load with ``load_tiny_vsr`` and run at any tile size.) ``p122-d384`` is the shipped
+load with ``load_tiny_vsr`` and run at any tile size.) ``p122-d384`` is the previously shipped
 architecture: each token predicts an 8x8-pixel block, the visible 8-pixel grid of issue 17.
 The others predict 4x4-pixel blocks, the space-to-depth cell itself, so there is no token seam
 inside a cell: ``p211`` pairs two frames per token instead (time patch 2; clips need an even
@@ -59,11 +59,11 @@ tile for the four, i.e. x1.62, x2.66, x4.24).
 token borders over that at the 4-pixel cell borders between them, and across 2-frame token
 borders over that within them; 1.0 = no seam). ``--arch auto`` then trains the candidate with
 the best validation PSNR among those that remove the 8-pixel grid and cost at most
-``--max-cpu-cost`` x the shipped model on CPU (default 3.0, for ``make demo``'s 10 minutes:
+``--max-cpu-cost`` x the p122-d384 reference on CPU (default 3.0, for ``make demo``'s 10 minutes:
 p211-d256 or p211-d384; p122-d384 and p111-d256-c16 are trained for comparison only).
 
 Budgets are steps, never seconds: ``--steps`` (0: ablation only), or ``--ref-steps N``: N steps
-of the shipped model converted by FLOPs (``steps = N / train cost``: the same compute whichever
+of the p122-d384 reference converted by FLOPs (``steps = N / train cost``: the same compute whichever
 arch is chosen). Estimated H200 step times at batch 32, scaled by FLOPs from the measured
 93 ms/step of ``p122-d384``: 93, 153, 265 and 50 ms. Data workers make a pair in ~35 ms (one
 CPU core), so 15 workers (~400 pairs/s) keep ahead of ``--fresh 16`` pairs per step.
@@ -77,17 +77,17 @@ device (``ln -sfn $PWD/passes lsgq_compiler/passes``: the package maps them only
 
 Ablation, 250 steps each, validation slice of 48 clips (bicubic 30.71 dB, space8 1.002)::
 
-    p122-d384      31.32 dB (+0.61)  space8 1.072  (the shipped arch: the 8-pixel seam)
+    p122-d384      31.32 dB (+0.61)  space8 1.072  (the then-shipped arch: the 8-pixel seam)
     p211-d256      31.55 dB (+0.84)  space8 1.008  <- chosen by --arch auto (best grid-free, CPU cost x1.65)
     p211-d384      31.54 dB (+0.83)  space8 1.011  (x2.85 CPU for no gain at this budget)
     p111-d256-c16  30.95 dB (+0.24)  space8 1.006  (x5.58 CPU)
 
 Final p211-d256, 1,576 steps (201 s at 126 ms/step): validation +2.05 dB (32.76 vs 30.71; EMA
-32.27, raw kept); ``eval_set()`` 24.62 vs bicubic 23.38 dB (**+1.24 dB**, the shipped weights:
+32.27, raw kept); ``eval_set()`` 24.62 vs bicubic 23.38 dB (**+1.24 dB**, the then-shipped p122-d384 weights:
 +1.73); the held-out plasma clips (``make_heldout_clips.py`` defaults) 28.78 dB / SSIM 0.751 / warp
-0.0118 vs bicubic 26.68 / 0.694 / 0.0210 (+2.10 dB, +0.057; the shipped weights: +2.71 dB). Below
-the shipped weights on both sets, so NOT shipped: the validation gain was still rising at the end
-(+1.98 at step 1250, +2.05 at 1576) with 40% of the shipped model's steps, and ~190 s of the call
+0.0118 vs bicubic 26.68 / 0.694 / 0.0210 (+2.10 dB, +0.057; the then-shipped p122-d384 weights: +2.71 dB). Below
+the then-shipped p122-d384 weights on both sets, so NOT shipped: the validation gain was still rising at the end
+(+1.98 at step 1250, +2.05 at 1576) with 40% of the p122-d384 run's steps, and ~190 s of the call
 went to the first ablation candidate running at 992 ms/step while 15 unthrottled workers flooded
 the main process with pairs (``--ahead`` now throttles them). Photos are drawn by pixel count, so
 the 11 small scikit-image photos (the built-in eval set's domain) get 16% of the draws
@@ -95,13 +95,13 @@ the 11 small scikit-image photos (the built-in eval set's domain) get 16% of the
 
 H200 RUN OF 2026-12-03 (one call, killed by the 600 s limit at about step 3050 of 3,394;
 ``bench/results/tiny_vsr_train_2026-12-03/``: train.log, train_log.json and train_curve.png rebuilt
-from train.log, CPU scores of the step-3000 checkpoint, the shipped weights on the fast clips).
+from train.log, CPU scores of the step-3000 checkpoint, the then-shipped p122-d384 weights on the fast clips).
 Why the camera was widened: the issue's clips have bicubic warp error 0.076, ours 0.021. Warp
 error hardly moves with the pan speed until Farneback's flow breaks down (max speed 3 / 8 / 16
 px/frame: 0.021 / 0.023 / 0.026; 30: 0.043; 45 with +-30% zoom and +-5 degrees roll: 0.0754, the HQ
 clips themselves 0.081), so a second held-out folder was filmed with ``make_heldout_clips.py
 --max-speed 45 --max-zoom 0.3 --max-roll 5`` ("fast", bicubic 26.64 dB / 0.704 / 0.0754). There the
-shipped weights gain only +0.82 dB (27.46 / 0.705 / 0.0670; `lsgq eval`, 5 of 12 clips below
+then-shipped p122-d384 weights gain only +0.82 dB (27.46 / 0.705 / 0.0670; `lsgq eval`, 5 of 12 clips below
 bicubic), against +2.71 on the default clips: large motion is a failure mode. The run: the former
 "Next call" plus ``--fast-camera 45,0.3,5 --fast-share 0.5`` and both folders as report clips.
 
@@ -111,7 +111,7 @@ run whose ablation had filled the pool), then 125 ms/step, and was killed before
 scoring. Validation slice (48 clips, half of them fast now, bicubic 28.42 dB): +0.60, +0.88,
 +1.10, +1.24, +1.34, +1.41 dB at steps 500 .. 3000 (LR 3e-5 there, near the cosine's end). The
 step-3000 raw weights (``--save-every``), fp16, float32 compute on CPU with :func:`score` and
-:func:`report_clips`, model vs bicubic (the shipped weights in brackets):
+:func:`report_clips`, model vs bicubic (the then-shipped p122-d384 weights in brackets):
 
 * ``eval_set()``: 24.83 vs 23.38 dB, **+1.45 dB** (+1.73)
 * held-out plasma clips, defaults: 28.98 / 0.756 / 0.0125 vs 26.68 / 0.694 / 0.0210, +2.31 dB,
@@ -119,9 +119,9 @@ step-3000 raw weights (``--save-every``), fp16, float32 compute on CPU with :fun
 * held-out plasma clips, fast: 28.32 / 0.745 / 0.0781 vs 26.64 / 0.704 / 0.0754, **+1.68 dB**,
   +0.040 SSIM (+0.82 dB, +0.001); warp error above bicubic's (it tracks the sharper HQ, 0.081)
 
-NOT shipped: below the +2.0 dB target and below the shipped weights on ``eval_set()`` and on the
+NOT shipped: below the +2.0 dB target and below the then-shipped p122-d384 weights on ``eval_set()`` and on the
 default held-out clips, and its warp error on the fast clips is above bicubic's. The wider camera
-doubled the gain on fast motion (+0.86 dB over the shipped weights) at a cost of 0.4 dB on the
+doubled the gain on fast motion (+0.86 dB over the then-shipped p122-d384 weights) at a cost of 0.4 dB on the
 mild clips.
 
 RESUMING ACROSS CALLS. One 600-s call gives p211-d256 about 4,000 steps; ``--state DIR`` keeps the final run's
@@ -136,9 +136,8 @@ resume (pairs are a pure function of ``--seed`` and their index; ~60 s for 16,38
 On the device machine keep DIR inside the tree in an ignored folder (``.train_state/``, in ``.gitignore``):
 ignored outputs stay on the warm machine when the next call follows within its warm window.
 
-H200 RUN OF 2026-12-03, SECOND: THE CANDIDATE (not shipped yet: see below;
-``bench/results/tiny_vsr_train_2026-12-03b/``: both calls' logs, train_log.json, train_curve.png, CPU scores,
-and the weights, ``tiny_vsr.safetensors`` + ``.json``). Two calls of the same command on one H200,
+TRAINING RECORD: H200 RUN OF 2026-12-03, SECOND, THE SHIPPED WEIGHTS (``lsgq_compiler/vsr/models/weights/``;
+``bench/results/tiny_vsr_train_2026-12-03b/``: both calls' logs, train_log.json, train_curve.png, CPU scores). Two calls of the same command on one H200,
 the first cut by its 570-s ``timeout`` after step ~4,200 and the second resuming at step 4,000 (the last
 periodic state), carrying ``.whl/g``, ``.whl/av`` and ``.data/photo_bundle`` with the old weights moved out
 of the tree (64 MiB cap)::
@@ -168,15 +167,16 @@ of the tree (64 MiB cap)::
   SSIM** (+0.82, +0.001). Short of issue 17's +2.0 dB on ``eval_set()`` by 0.21 dB; its held-out targets
   (+1.0 dB, +0.02 SSIM) are met on both folders. On the fast clips the warp error is above bicubic's,
   as the ground truth's own (0.081) is: it follows the sharper frames.
-* NOT shipped yet: shipping means re-measuring every model-dependent README figure (about three hours on
-  2 CPU cores at this model's cost), and ``make demo``'s job grows (README, "The shipped model").
+* shipped on 2026-12-03 (the out folder's ``tiny_vsr.{safetensors,json}``, with ``train_seconds`` corrected
+  to 1,015 s: the script then counted earlier calls once per periodic save, fixed since); every
+  model-dependent README figure re-measured with it.
 
 CPU smoke run (a few steps, to check the pipeline)::
 
     python examples/train_tiny_vsr.py --device cpu --steps 4 --batch 2 --pool 8 --warm 4 --fresh 1 \\
         --workers 2 --heldout 2 --eval-clips 1 --out /tmp/tiny_vsr
 
-TRAINING RECORD (the shipped weights, default data source, ``--arch p122-d384``)::
+PREVIOUS WEIGHTS (shipped until 2026-12-03, in git history; default data source, ``--arch p122-d384``)::
 
     python examples/train_tiny_vsr.py --device cuda --steps 3878 --workers 15 --eval-every 1000 \\
         --out lsgq_compiler/vsr/models/weights
@@ -191,7 +191,7 @@ option since removed, which settled on 3878 steps at step 250, before the cosine
   slower while the main process unpickles the workers' pairs), 487 s end to end.
 * held-out slice (48 clips, training photos, unseen seeds): 30.08 dB vs bicubic 27.38 dB
   (+2.70 dB; the EMA weights scored 29.95 dB, so the raw weights were kept).
-* ``eval_set()`` (6 clips, 8 x 128 x 128, eval-only photos), shipped fp16 weights run in float32
+* ``eval_set()`` (6 clips, 8 x 128 x 128, eval-only photos), these fp16 weights run in float32
   (the same numbers on the H200 and on a CPU):
 
   =============================  =======  =======  =====
@@ -231,7 +231,7 @@ FRAMES = 8
 HQ_SIZE = 128
 LQ_SIZE = HQ_SIZE // 4
 REF_ARCH = "p122-d384"
-REF_MS_PER_STEP = 93.0  # measured: p122-d384, batch 32, 8 x 128 x 128 clips, H200, bf16 (the shipped run)
+REF_MS_PER_STEP = 93.0  # measured: p122-d384, batch 32, 8 x 128 x 128 clips, H200, bf16 (the p122-d384 run)
 MAX_WEIGHT_BYTES = 40e6  # fp16 weights limit (issue 17)
 
 
@@ -299,7 +299,7 @@ def forward_macs(config: dict[str, Any], t: int, h: int, w: int) -> float:
 
 
 def costs(arch: Arch) -> dict[str, float]:
-    """FLOP ratios to the shipped model (p122-d384): ``train`` (per training clip at ``crop_lq``), ``cpu`` (per eval tile),
+    """FLOP ratios to the p122-d384 reference (shipped until 2026-12-03): ``train`` (per training clip at ``crop_lq``), ``cpu`` (per eval tile),
     and the estimated H200 ``ms_per_step`` at batch 32."""
     ref = ARCHS[REF_ARCH]
     ref_macs = forward_macs(ref.config(), FRAMES, LQ_SIZE, LQ_SIZE)
@@ -668,11 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default=REF_ARCH, help=f"one of {', '.join(ARCHS)}, or 'auto' (after --ablation)")
     ap.add_argument("--steps", type=int, default=3600, help="optimizer steps of the final run (0: ablation only)")
     ap.add_argument("--ref-steps", type=int, default=0,
-                    help="if > 0: the final run's budget in steps of the shipped model (p122-d384), converted by FLOPs")
+                    help="if > 0: the final run's budget in steps of the p122-d384 reference, converted by FLOPs")
     ap.add_argument("--ablation", default="", help="comma-separated archs (or 'all') to compare first")
     ap.add_argument("--ablation-steps", type=int, default=300)
     ap.add_argument("--max-cpu-cost", type=float, default=3.0,
-                    help="--arch auto: largest CPU cost (FLOPs per tile) relative to the shipped model (p122-d384)")
+                    help="--arch auto: largest CPU cost (FLOPs per tile) relative to the p122-d384 reference")
     ap.add_argument("--photos", default="", help="photo bundle folder (its train split) instead of scikit-image")
     ap.add_argument("--with-skimage", action="store_true", help="with --photos: add the scikit-image training photos")
     ap.add_argument("--skimage-share", type=float, default=None,
@@ -966,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     total = args.steps
     if args.ref_steps > 0:
         total = max(1, round(args.ref_steps / costs(arch)["train"]))
-        print(f"{args.ref_steps} shipped-model steps = {total} steps of {arch.name}", flush=True)
+        print(f"{args.ref_steps} p122-d384 steps = {total} steps of {arch.name}", flush=True)
     if total <= 0:  # ablation only
         stream.close()
         (out / "train_log.json").write_text(json.dumps({"arch": arch.name, "runs": runs, "validation_bicubic":

@@ -206,7 +206,7 @@ def test_tiny_vsr(tmp_path, monkeypatch):
     assert main(["quantize", "--model", "tiny-vsr", "--calib", str(tmp_path / "vsr.safetensors"), "--recipe",
                  "minmax", "--bits", "w8a8", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     s = json.loads((tmp_path / "o" / "report" / "summary.json").read_text())
-    assert s["parameters"] > 1e7 and s["held_back_batches"] == 1
+    assert s["parameters"] > 5e6 and s["held_back_batches"] == 1
     assert s["sqnr_db"] > 30, s["sqnr_db"]  # W8A8 minmax on the shipped model: ~37 dB
     # without --calib: the built-in calibration clips, at the shape `lsgq eval` calibrates at
     builtin = qz._load_builtin_calibration(vsr)

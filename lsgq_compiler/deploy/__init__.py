@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["save_pretrained", "from_pretrained", "to_module_form", "compile_repeated_blocks", "TARGETS"]
+__all__ = ["save_pretrained", "from_pretrained", "to_module_form", "compile_repeated_blocks", "cuda_graphs", "TARGETS"]
 
+from .graphs import cuda_graphs
 from .regional import compile_repeated_blocks
 from .targets import TARGETS
 

@@ -18,6 +18,13 @@ from ..recipes import RECIPES
 #: machine the former 150 s / 50 s budgets trained about 1,000 / 340 iterations.
 DEMO_QAO_ITERS = (1000, 340)
 
+#: Options of the LSGQuant variants beyond the QAO budget. Two gradient probes per observed
+#: batch instead of the recipe's four: with the shipped p211-d256 model (4,096 tokens per
+#: tile) CPU flash-attention backward is 45% of the demo's time, and on this model two probes
+#: gave 43.81 / 59.71 dB W4A4 / W8A8 fidelity against 43.77 / 59.71 with four, in 408 s
+#: instead of 611 s (bench/results/tiny_vsr_train_2026-12-03b/demo_candidate*_summary.md).
+DEMO_OPTIONS: dict = {"probes": 2}
+
 
 def run_demo(out: str | Path = "demo_out", frames: int = 8, quick: bool = False) -> dict:
     from .evaluate import VSRRunner, evaluate, format_table, load_eval_clips, quantize_all
@@ -32,8 +39,8 @@ def run_demo(out: str | Path = "demo_out", frames: int = 8, quick: bool = False)
     # training budgets in iterations (reproducible on any machine), sized like the former
     # 150 s / 50 s wall-clock budgets on 2 CPU cores: QAO iterations for all layers together
     qao = (400, 130) if quick else DEMO_QAO_ITERS
-    configs = [QuantConfig(recipe=best, weight_bits=4, act_bits=4, options={"qao_iters": qao[0]}),
-               QuantConfig(recipe=best, weight_bits=8, act_bits=8, options={"qao_iters": qao[1]})]
+    configs = [QuantConfig(recipe=best, weight_bits=4, act_bits=4, options={**DEMO_OPTIONS, "qao_iters": qao[0]}),
+               QuantConfig(recipe=best, weight_bits=8, act_bits=8, options={**DEMO_OPTIONS, "qao_iters": qao[1]})]
     if best != "minmax":
         configs.append(QuantConfig(recipe="minmax", weight_bits=4, act_bits=4))
     variants = quantize_all(runner, configs)

@@ -15,20 +15,24 @@ Why space-to-depth instead of a trained VAE: it is exactly invertible (no recons
 error floor to confound quantization error), it leaves one single network to quantize (the
 transformer is the whole story, as in LSGQuant), and it costs two reshapes on any hardware.
 
-Model size (``tiny_vsr_config()``): width 384 = 6 heads x 64, 6 blocks, FFN 1536,
-patch (1, 2, 2), about 15.6 M parameters, shipped in fp16 (about 31 MB). An 8-frame
-128x128 HQ clip is LQ 32x32 -> latent (48, 8, 32, 32) -> 8 x 16 x 16 = 2048 tokens.
+Model size (``tiny_vsr_config()``): width 256 = 4 heads x 64, 6 blocks, FFN 1024,
+patch (2, 1, 1) (two frames x one latent cell: each token covers one 4x4-pixel cell, so no
+token seam every 8 pixels), about 6.9 M parameters, shipped in fp16 (13.9 MB). An 8-frame
+128x128 HQ clip is LQ 32x32 -> latent (48, 8, 32, 32) -> 4 x 32 x 32 = 4096 tokens.
 Head dim 64 suits Wan's 3-axis RoPE: ``2 * (64 // 6) = 20`` channels each for height and
 width, 24 for time (all even, as RoPE needs).
 
 The fixed text embedding is a seeded N(0, 1) buffer (the "empty prompt"); the transformer's
-text projection is what training adapts. Inputs whose LQ height or width is odd are
-replicate-padded to whole patches and cropped back.
+text projection is what training adapts. Inputs whose frame count, LQ height or width is not
+a whole number of patches are replicate-padded to whole patches and cropped back.
 
 Weights are produced by ``examples/train_tiny_vsr.py`` (seeded; its docstring records the run)
-and loaded with safetensors only. Quality of the shipped weights on ``eval_set()`` (6 clips of
-8 x 128 x 128 from evaluation-only photos, PSNR on uint8 RGB): 25.12 dB vs bicubic 23.38 dB
-(+1.73 dB), per clip +0.50 .. +2.71 dB. Float32 CPU time for 2048 tokens: ~0.6 s on 2 idle cores.
+and loaded with safetensors only; its training photos are listed in the weights' JSON
+(``training.training_photos``: 15 lomiri-wallpapers photos and 11 scikit-image images, all
+disjoint from the evaluation photos). Quality of the shipped weights on ``eval_set()`` (6 clips
+of 8 x 128 x 128 from evaluation-only photos, PSNR on uint8 RGB): 25.17 dB vs bicubic 23.38 dB
+(+1.79 dB), per clip +0.98 .. +2.64 dB; on 12 held-out plasma-workspace-wallpapers clips
+(192 x 192, 8 frames) +2.64 dB. Float32 CPU time for 4096 tokens: ~1.4 s on 2 idle cores.
 """
 from __future__ import annotations
 
@@ -58,14 +62,14 @@ _DEFAULT_CONFIG: dict[str, Any] = {
     "text_tokens": 8,
     "residual": True,
     "transformer": {
-        "patch_size": [1, 2, 2],
-        "num_attention_heads": 6,
+        "patch_size": [2, 1, 1],
+        "num_attention_heads": 4,
         "attention_head_dim": 64,
         "in_channels": 3 * SCALE * SCALE,
         "out_channels": 3 * SCALE * SCALE,
         "text_dim": 64,
         "freq_dim": 64,
-        "ffn_dim": 1536,
+        "ffn_dim": 1024,
         "num_layers": 6,
         "cross_attn_norm": True,
         "qk_norm": "rms_norm_across_heads",
@@ -178,16 +182,16 @@ class TinyVSR(torch.nn.Module):
         """The dtype of the transformer's inputs (that of ``text_embeds``)."""
         return self.text_embeds.dtype
 
-    def _pad_amount(self, h: int, w: int) -> tuple[int, int]:
-        _, ph, pw = self.patch
-        return (-h) % ph, (-w) % pw
+    def _pad_amount(self, t: int, h: int, w: int) -> tuple[int, int, int]:
+        pt, ph, pw = self.patch
+        return (-t) % pt, (-h) % ph, (-w) % pw
 
     def _inputs_from_latent(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        b, _, _, h, w = latent.shape
-        pad_h, pad_w = self._pad_amount(h, w)
+        b, _, t, h, w = latent.shape
+        pad_t, pad_h, pad_w = self._pad_amount(t, h, w)
         z = latent * 2.0 - 1.0
-        if pad_h or pad_w:  # replicate-pad to a whole number of patches; cropped again in forward
-            z = F.pad(z, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
+        if pad_t or pad_h or pad_w:  # replicate-pad to a whole number of patches; cropped again in forward
+            z = F.pad(z, (0, pad_w, 0, pad_h, 0, pad_t), mode="replicate")
         dev = latent.device
         return {
             "hidden_states": z.to(self.compute_dtype),
@@ -202,8 +206,8 @@ class TinyVSR(torch.nn.Module):
             lq: ``(B, 3, T, h, w)`` float in [0, 1].
 
         Returns:
-            ``hidden_states`` ``(B, 48, T, h', w')`` = ``2 * lq_to_latent(lq) - 1`` (h', w': h, w
-            replicate-padded to even), ``timestep`` ``(B,)`` int64 filled with ``self.timestep``,
+            ``hidden_states`` ``(B, 48, T', h', w')`` = ``2 * lq_to_latent(lq) - 1`` (T', h', w':
+            T, h, w replicate-padded to whole patches, e.g. T to even for the (2, 1, 1) patch), ``timestep`` ``(B,)`` int64 filled with ``self.timestep``,
             ``encoder_hidden_states`` ``(B, L, text_dim)``. Use it as example inputs to capture
             ``vsr.transformer``.
         """
@@ -228,10 +232,10 @@ class TinyVSR(torch.nn.Module):
             out = out[0]
         elif not isinstance(out, torch.Tensor) and hasattr(out, "sample"):
             out = out.sample
-        h, w = latent.shape[-2:]
-        out = out[..., :h, :w].float()
+        t, h, w = latent.shape[-3:]
+        out = out[..., :t, :h, :w].float()
         if self.residual:
-            out = out + inputs["hidden_states"][..., :h, :w].float()
+            out = out + inputs["hidden_states"][..., :t, :h, :w].float()
         return (out + 1.0) * 0.5
 
     def forward(self, lq: torch.Tensor, transformer: Callable[..., Any] | None = None) -> torch.Tensor:
