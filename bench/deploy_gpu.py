@@ -313,9 +313,8 @@ def part_ops(device: str) -> dict:
 
 
 #: prologue schedules timed side by side (fp8_prologue.SCHEDULE keys); the first is the kernel before them
-SCHEDULES = tuple(dict(zip(("prefetch", "recip", "evict", "split"), v)) for v in (
-    (False, False, False, False), (True, False, False, False), (False, True, False, False), (True, True, False, False),
-    (True, True, True, False), (False, True, False, True), (False, True, True, True)))
+SCHEDULES = tuple(dict(zip(("recip", "evict", "reverse"), v)) for v in (
+    (False, False, False), (True, False, False), (True, True, False), (True, False, True), (True, True, True)))
 
 
 def sched_tag(sc: dict) -> str:
@@ -374,6 +373,8 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
         y = torch._scaled_mm(xq0, w80.t(), scale_a=xs0[:, None], scale_b=sc[None, :], out_dtype=torch.bfloat16)
         z = F.linear(x, down)
         wb = w.to(torch.bfloat16)
+        # an attention's q, k, v over this input: own signs / smoothing and rank-32 factors each
+        qkv = [(p["col"], p["lr_down"]), (p["col"].flip(0), p["lr_down"].flip(1)), (-p["col"], -p["lr_down"])]
         fns = {"bf16 F.linear": lambda: F.linear(x, wb),
                "prologue smooth+rotate128+lowrank+quantize": lambda: fpk.rotate_quantize_fp8(x, p["col"], 128,
                                                                                               p["lr_down"]),
@@ -384,6 +385,9 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
                    F.gelu(x, approximate="tanh"), p["col"], 128, p["lr_down"]),
                "prologue with the gelu fused (act=1)": lambda: fpk.rotate_quantize_fp8(x, p["col"], 128, p["lr_down"],
                                                                                      act=1),
+               "q, k, v: three prologues (one per layer)": lambda: [
+                   fpk.rotate_quantize_fp8(x, c_, 128, d_) for c_, d_ in qkv],
+               "q, k, v: one multi-output prologue": lambda: fpk.rotate_quantize_fp8_multi(x, qkv, 128),
                "x.abs().amax(-1) (one read of x, for scale)": lambda: x.abs().amax(-1),
                "prologue rotate128+quantize": lambda: fpk.rotate_quantize_fp8(x, d.rot_signs, 128),
                "prologue quantize only": lambda: fpk.rotate_quantize_fp8(x, None, 0),
@@ -403,7 +407,7 @@ def part_linear_parts(device: str, rank: int = RANK) -> dict:
             row["sqnr_in_gemm_vs_beside_db"] = round(gs.sqnr(b, a), 2)
         res[f"{m}x{k}->{n}"] = row
         print(f"{k}->{n}: " + "  ".join(f"{t} {v}" for t, v in row.items()), flush=True)
-        del x, w, d, lay, xq, w8, xq0, w80, y, z, wb
+        del x, w, d, lay, xq, w8, xq0, w80, y, z, wb, qkv
         torch.cuda.empty_cache()
     return res
 
@@ -708,7 +712,7 @@ def main() -> None:
     ap.add_argument("--prologue", default="default",
                     help="the FP8 prologue's schedule for the model parts: fp8_prologue.SCHEDULE (default), the "
                          "fastest in this run's linear_parts (best; list linear_parts first) or explicit switches, "
-                         "e.g. prefetch=1,recip=1,evict=0")
+                         "e.g. recip=1,evict=0,reverse=1")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -23,7 +23,7 @@ from torch import nn
 
 from lsgq_compiler.errors import user_error
 
-from .modules import DeployLinear, fuse_gelu, int8_processor
+from .modules import DeployLinear, fuse_gelu, int8_processor, share_prologues
 
 FORMAT_VERSION = 2  # 2: config.json checksum; sim layers with lowrank_dtype and stored quantizers
 QUANT_METHOD = "lsgq"
@@ -93,6 +93,7 @@ def to_module_form(qm: Any, model: nn.Module | None = None) -> nn.Module:
             continue
         attention[path] = {"min_kv": min_kv, "format": rec.get("format", "int8-qk/16bit-pv")}
     apply_attention(out, attention)
+    share_prologues(out)
     out._lsgq_quantization_config = quantization_config(qm, layers, attention)
     return out
 
@@ -276,6 +277,7 @@ def prepare(model: nn.Module, fuse_activations: bool = False) -> nn.Module:
     for m in model.modules():
         if isinstance(m, DeployLinear):
             m.prepare()
+    share_prologues(model)  # after prepare: the groups read each member's kernel form
     if fuse_activations:
         fuse_gelu(model, "cuda")
     return model

@@ -109,6 +109,9 @@ class DeployLinear(nn.Module):
         else:
             raise ValueError(f"unknown deploy kind {kind!r}")
         self._packed: dict[str, torch.Tensor] | None = None  # kernel layout on CUDA (not saved)
+        #: the :class:`SharedPrologue` of the layers reading this one's input (set by :func:`share_prologues`; not saved)
+        self._shared: SharedPrologue | None = None
+        self._shared_index = 0
         #: the preceding activation moved into this layer by :func:`fuse_gelu` (0: none, 1: tanh-GELU); not saved
         self.input_act = 0
         self._dtypes = {n: b.dtype for n, b in self._buffers.items()
@@ -312,7 +315,22 @@ class DeployLinear(nn.Module):
         return F.linear(xq, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``(..., K)`` -> ``(..., N)`` (with :attr:`input_act`: ``act(x)`` first)."""
+        """x: ``(..., K)`` -> ``(..., N)`` (with :attr:`input_act`: ``act(x)`` first). In a
+        :class:`SharedPrologue` the first member computes every member's output of ``x`` and the others
+        return theirs when called on the same tensor."""
+        if self._shared is not None:
+            y = self._shared.take(self._shared_index, x)
+            if y is not None:
+                return y
+        return self._forward(x)
+
+    def _fused_kernel(self) -> bool:
+        """True when this layer's CUDA forward is one ``rot_fp8_linear`` call (smoothing, rotation and the
+        low-rank branch inside the op)."""
+        return self.kind in ("int4r_fp8", "fp8_row") and (self.lr_down is None or bool(self.cfg.get("lowrank_in_gemm")))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """This layer alone (:meth:`forward` without the shared prologue)."""
         fused = x.is_cuda and self.kind in ("int4r_fp8", "fp8_row")
         if fused and (self.lr_down is None or self.cfg.get("lowrank_in_gemm")):
             return _cuda_gemm(self, x, act=self.input_act)  # activation, smoothing, rotation, low-rank in the op
@@ -349,9 +367,11 @@ class DeployLinear(nn.Module):
             if not fp8_prologue.available(device):
                 return {"backend": "lsgq deploy", "kernel": f"{op} reference (float): needs Triton and sm_89+",
                         "real_kernel": False}
+            shared = self._shared is not None and self._shared.fused
             return {"backend": "lsgq deploy", "real_kernel": True,
-                    "kernel": f"{op} (Triton rotate+quantize prologue" + (", int4 -> FP8 unpack" if self.kind ==
-                                                                          "int4r_fp8" else "") + ", _scaled_mm"
+                    "kernel": ("lsgq::rot_fp8_multi_linear" if shared else op)
+                    + " (Triton rotate+quantize prologue" + (f" shared by {self._shared.names}" if shared else "")
+                    + (", int4 -> FP8 unpack" if self.kind == "int4r_fp8" else "") + ", _scaled_mm"
                     + (", low-rank as K + rank FP8 columns)" if self.cfg.get("lowrank_in_gemm") else ")")}
         if device == "cuda":
             return {"backend": "lsgq deploy", "kernel": op, "real_kernel": True}
@@ -430,6 +450,73 @@ def _cuda_gemm(mod: DeployLinear, x: torch.Tensor, smoothed: bool = False, act: 
     else:
         y = ops.int8_linear(x2, mod.w_int8, mod.w_scale, bias)
     return y.to(x.dtype).reshape(*lead, mod.out_features)
+
+
+# ---------------------------------------------------------------------- shared prologues
+class SharedPrologue:
+    """Deploy linears that read the same input: an attention's ``to_q``, ``to_k``, ``to_v``. When the first
+    member is called it computes every member's output, on CUDA through ``lsgq::rot_fp8_multi_linear`` (one
+    Triton prologue reads ``x`` for all three instead of three prologues reading it three times), and keeps
+    them until the others are called; a later member called on another tensor than the first one's (a
+    processor that feeds k and v something else) computes alone, so the result never depends on the
+    grouping. A plain object, not a module: nothing is saved, ``torch.compile`` traces it as Python."""
+
+    def __init__(self, members: list[DeployLinear], names: str) -> None:
+        self.members, self.names = list(members), names
+        self.pending: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        #: True when the members run one multi-output kernel on CUDA (else each its own forward)
+        self.fused = all(m._fused_kernel() for m in members) \
+            and len({(m.in_features, m.rot_block, m.input_act) for m in members}) == 1
+
+    def take(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Member ``index``'s output of ``x`` (member 0 computes all), or None: compute it alone."""
+        if index == 0:
+            ys = self.compute(x)
+            self.pending = (x, ys)
+            return ys[0]
+        p = self.pending
+        if p is None or p[0] is not x:
+            return None
+        if index == len(self.members) - 1:
+            self.pending = None
+        return p[1][index]
+
+    def compute(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every member's output of ``x (..., K)``."""
+        if not (x.is_cuda and self.fused):
+            return [m._forward(x) for m in self.members]
+        from lsgq_compiler.kernels import deploy_ops as ops
+
+        lead, first = x.shape[:-1], self.members[0]
+        x2 = x.reshape(-1, first.in_features).to(torch.bfloat16)
+        layers = []
+        for m in self.members:
+            p = m._fp8_operands()
+            layers.append({"weight": p["weight"], "w_scale": m.w_scale, "col": p["col"], "lr_down": p["lr_down"],
+                           "lr_up": p["lr_up"], "bias": None if m.bias is None else m.bias.to(torch.bfloat16)})
+        ys = ops.rot_fp8_multi_linear(x2, layers, first.rot_block, first.input_act)
+        return [y.to(x.dtype).reshape(*lead, m.out_features) for y, m in zip(ys, self.members)]
+
+
+def share_prologues(model: nn.Module) -> int:
+    """Group the ``to_q``, ``to_k``, ``to_v`` deploy linears of each self-attention in ``model`` (modules with
+    ``is_cross_attention`` False: diffusers' ``Attention``, ``WanAttention``) into a :class:`SharedPrologue`;
+    returns the number of groups. Idempotent; outputs are unchanged (the same kernels per layer)."""
+    n = 0
+    for name, mod in model.named_modules():
+        if getattr(mod, "is_cross_attention", True) is not False:
+            continue
+        qkv = [getattr(mod, a, None) for a in ("to_q", "to_k", "to_v")]
+        if not all(isinstance(m, DeployLinear) for m in qkv):
+            continue
+        if qkv[0]._shared is not None and qkv[0]._shared.members == qkv:
+            n += 1
+            continue
+        group = SharedPrologue(qkv, f"{name}.to_q/k/v" if name else "to_q/k/v")
+        for i, m in enumerate(qkv):
+            m._shared, m._shared_index = group, i
+        n += 1
+    return n
 
 
 # ---------------------------------------------------------------------- activation fusion

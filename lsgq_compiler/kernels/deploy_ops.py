@@ -20,6 +20,8 @@ Formats and the kernels that run them:
   uint8 nibbles, unpacked to FP8 in one pass, exact). On sm_89+ with Triton: the fused
   rotate-and-quantize prologue (:mod:`.fp8_prologue`, blocks of 128; other blocks rotate by
   :func:`lsgq_compiler.hadamard.rotate_matmul` first) and ``torch._scaled_mm`` rowwise.
+- ``lsgq::rot_fp8_multi_linear``: several ``rot_fp8_linear`` layers of one input (an attention's q, k, v)
+  with one prologue that reads the input once for all of them, then one GEMM each; same outputs.
 - ``lsgq::fp8_linear``: FP8 e4m3 per-row weights x FP8 per-row activations; ``torch._scaled_mm``
   rowwise on sm_89+, float reference elsewhere.
 - ``lsgq::int8_linear``: int8 per-row weights x dynamic int8 per-token activations;
@@ -299,6 +301,48 @@ def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+def _rot_fp8_gemms(x: torch.Tensor, layers: list[tuple], block: int, act: int) -> list[torch.Tensor]:
+    """The body of ``lsgq::rot_fp8_linear`` / ``rot_fp8_multi_linear``: ``x (M, K)`` times each of ``layers``
+    = ``(weight, w_scale, bias, col, lr_down, lr_up)``, one prologue for all of them where the kernel runs."""
+    from lsgq_compiler.hadamard import rotate_matmul
+
+    from . import fp8_prologue as fp
+
+    k = x.shape[1]
+    cap = _cap(x.device)
+    if cap is not None and cap >= (8, 9) and fp.available(x.device) and k % 16 == 0 \
+            and all(w.shape[0] % 16 == 0 for w, *_ in layers) and x.dtype == torch.bfloat16:
+        if block and block != fp.ROT_BLOCK:  # other blocks: scale and rotate by matmuls first, per layer
+            out = []
+            xa = fp.apply_act(x, act)
+            ones = x.new_ones((k,))
+            for w, ws, b, col, down, up in layers:
+                xd = xa if col is None else (xa.float() * col).to(x.dtype)
+                if down is not None:  # t = xd lr_down^T = (xd R)(lr_down R)^T: the prologue sees xd R
+                    down = rotate_matmul(down, ones, block)
+                out += _rot_fp8_gemms(rotate_matmul(xd, ones, block), [(w, ws, b, None, down, up)], 0, 0)
+            return out
+        quant = fp.rotate_quantize_fp8_multi(x, [(col, down) for _, _, _, col, down, _ in layers], block, act)
+        out = []
+        for (weight, w_scale, bias, _, _, lr_up), (xq, xs) in zip(layers, quant):
+            w = fp.unpack_int4_fp8(weight, lr_up) if weight.dtype == torch.uint8 else weight
+            if w.shape[1] != xq.shape[1]:
+                w = fp._append_rank_cols(w, lr_up)
+            out.append(torch._scaled_mm(xq, w.t(), scale_a=xs.reshape(-1, 1), scale_b=w_scale.reshape(1, -1).float(),
+                                        bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16))
+        return out
+    out = []
+    for weight, w_scale, bias, col, lr_down, lr_up in layers:
+        xq, xs = fp.rotate_quantize_fp8_reference(x, col, block, lr_down, act)
+        if weight.dtype == torch.uint8:
+            w = fp.unpack_int4_fp8_reference(weight, lr_up)
+        else:
+            w = weight if lr_up is None or weight.shape[1] == xq.shape[1] else fp._append_rank_cols(weight, lr_up)
+        acc = xq.float() @ w.float().t()
+        out.append(_bias_out(acc * xs[:, None] * w_scale.float()[None, :], bias, x.dtype))
+    return out
+
+
 @torch.library.custom_op("lsgq::rot_fp8_linear", mutates_args=())
 def _rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor],
                     col: Optional[torch.Tensor], block: int, lr_down: Optional[torch.Tensor] = None,
@@ -312,36 +356,7 @@ def _rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor
     runs over ``K + 3R`` columns: ``[xr, t_hi, t_lo, t_hi]`` (``t = xd lr_down^T``) under one row scale
     times ``[W, B_hi, B_hi, B_lo]`` (:func:`.fp8_prologue.rotate_quantize_fp8`). An FP8 ``weight`` of
     ``K + 3R`` columns already carries them (then ``lr_up`` is None)."""
-    from lsgq_compiler.hadamard import rotate_matmul
-
-    from . import fp8_prologue as fp
-
-    int4 = weight.dtype == torch.uint8
-    n = weight.shape[0]
-    k = x.shape[1]
-    cap = _cap(x.device)
-    if cap is not None and cap >= (8, 9) and fp.available(x.device) and k % 16 == 0 and n % 16 == 0 \
-            and x.dtype == torch.bfloat16:
-        if block and block != fp.ROT_BLOCK:  # other blocks: scale and rotate by matmuls first
-            x, act = fp.apply_act(x, act), 0
-            xd = x if col is None else (x.float() * col).to(x.dtype)
-            ones = x.new_ones((k,))
-            if lr_down is not None:  # t = xd lr_down^T = (xd R)(lr_down R)^T: the prologue sees xd R
-                lr_down = rotate_matmul(lr_down, ones, block)
-            x, col, block = rotate_matmul(xd, ones, block), None, 0
-        xq, xs = fp.rotate_quantize_fp8(x, col, block, lr_down, act)
-        w = fp.unpack_int4_fp8(weight, lr_up) if int4 else weight
-        if w.shape[1] != xq.shape[1]:
-            w = fp._append_rank_cols(w, lr_up)
-        return torch._scaled_mm(xq, w.t(), scale_a=xs.reshape(-1, 1), scale_b=w_scale.reshape(1, -1).float(),
-                                bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
-    xq, xs = fp.rotate_quantize_fp8_reference(x, col, block, lr_down, act)
-    if int4:
-        w = fp.unpack_int4_fp8_reference(weight, lr_up)
-    else:
-        w = weight if lr_up is None or weight.shape[1] == xq.shape[1] else fp._append_rank_cols(weight, lr_up)
-    acc = xq.float() @ w.float().t()
-    return _bias_out(acc * xs[:, None] * w_scale.float()[None, :], bias, x.dtype)
+    return _rot_fp8_gemms(x, [(weight, w_scale, bias, col, lr_down, lr_up)], block, act)[0]
 
 
 @_rot_fp8_linear.register_fake
@@ -355,6 +370,41 @@ def rot_fp8_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
     """``x (..., K)`` -> ``(..., N)`` through ``lsgq::rot_fp8_linear``."""
     y = torch.ops.lsgq.rot_fp8_linear(_rows_of(x), weight, w_scale, bias, col, int(block), lr_down, lr_up, int(act))
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+@torch.library.custom_op("lsgq::rot_fp8_multi_linear", mutates_args=())
+def _rot_fp8_multi_linear(x: torch.Tensor, weights: list[torch.Tensor], w_scales: list[torch.Tensor],
+                          biases: list[Optional[torch.Tensor]], cols: list[Optional[torch.Tensor]], block: int,
+                          lr_downs: list[Optional[torch.Tensor]], lr_ups: list[Optional[torch.Tensor]],
+                          act: int = 0) -> list[torch.Tensor]:
+    """Several ``lsgq::rot_fp8_linear`` layers of one input ``x (M, K)`` (an attention's q, k and v), each with
+    its own weight, scales, bias, column multiplier and low-rank factors, one shared ``block`` and ``act``:
+    one Triton prologue reads ``x`` for all of them (:func:`.fp8_prologue.rotate_quantize_fp8_multi`), then one
+    GEMM per layer. Returns the ``(M, N_i)`` outputs, each equal to its layer's ``rot_fp8_linear``."""
+    layers = list(zip(weights, w_scales, biases, cols, lr_downs, lr_ups))
+    if not layers or len({len(weights), len(w_scales), len(biases), len(cols), len(lr_downs), len(lr_ups)}) != 1:
+        raise ValueError("rot_fp8_multi_linear takes one weight, scale, bias, col, lr_down and lr_up per layer")
+    from . import fp8_prologue as fp
+
+    out = []
+    for i in range(0, len(layers), fp.MAX_OUTPUTS):  # the kernel computes up to MAX_OUTPUTS per launch
+        out += _rot_fp8_gemms(x, layers[i:i + fp.MAX_OUTPUTS], block, act)
+    return out
+
+
+@_rot_fp8_multi_linear.register_fake
+def _(x, weights, w_scales, biases, cols, block, lr_downs, lr_ups, act=0):
+    return [x.new_empty((x.shape[0], w.shape[0])) for w in weights]
+
+
+def rot_fp8_multi_linear(x: torch.Tensor, layers: list[dict], block: int, act: int = 0) -> list[torch.Tensor]:
+    """``x (..., K)`` -> one ``(..., N_i)`` per layer through ``lsgq::rot_fp8_multi_linear``; ``layers``: dicts
+    with ``weight``, ``w_scale``, ``bias``, ``col``, ``lr_down``, ``lr_up`` (as :func:`rot_fp8_linear` takes)."""
+    ys = torch.ops.lsgq.rot_fp8_multi_linear(_rows_of(x), [p["weight"] for p in layers],
+                                             [p["w_scale"] for p in layers], [p["bias"] for p in layers],
+                                             [p["col"] for p in layers], int(block),
+                                             [p["lr_down"] for p in layers], [p["lr_up"] for p in layers], int(act))
+    return [y.reshape(*x.shape[:-1], y.shape[-1]) for y in ys]
 
 
 @torch.library.custom_op("lsgq::int8_linear", mutates_args=())

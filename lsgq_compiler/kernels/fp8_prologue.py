@@ -16,6 +16,9 @@ even ``k`` in the low nibble, :func:`lsgq_compiler.deploy.modules.pack_nibbles`)
   the preceding tanh-GELU on load (a feed-forward's output layer: the GELU's own pass over the wide
   hidden state disappears; measured slower on the H200, so off by default, see
   :func:`lsgq_compiler.deploy.modules.fuse_gelu`).
+- :func:`rotate_quantize_fp8_multi`: the same for up to three outputs of one input (an attention's q, k and v
+  projections, each with its own smoothing, signs and low-rank factor): each tile of ``x`` is loaded once per
+  sweep for all of them, so the input is read twice in all instead of twice per output.
 - :func:`unpack_int4_fp8`: the int4 codes as FP8 e4m3 values (exact: integers in [-8, 7]), one
   pass over the packed bytes; the ``int4r_fp8`` GEMM then runs on the FP8 tensor cores.
 
@@ -24,6 +27,8 @@ sums are exact in fp32 up to their order, so codes agree except where a sum's la
 value across an FP8 rounding boundary (tests: >= 99.9% equal codes, SQNR >= 45 dB).
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -40,22 +45,22 @@ FP8_MAX = 448.0
 EPS = 1e-12
 ROT_BLOCK = 128  # the block the fused kernel rotates in (one tensor-core tile wide)
 ACT_NONE, ACT_GELU_TANH = 0, 1  # input activations the prologue can apply on load
-#: the fused kernel's schedule (bench/deploy_gpu.py --parts linear_parts times each choice; H200,
-#: M = 17,776, K = 3072 with smoothing + low-rank: 0.137 ms plain, 0.131 with ``recip``, 0.22 with ``prefetch``):
-#: ``prefetch``: issue the next tile's load before this tile's math (two tiles in flight per program);
+#: the fused kernel's schedule (bench/deploy_gpu.py --parts linear_parts times each choice):
 #: ``recip``: multiply by one reciprocal per row instead of dividing each value (codes differ from
-#: ``x / scale`` only where the product lands exactly on an FP8 rounding boundary);
+#: ``x / scale`` only where the product lands exactly on an FP8 rounding boundary; H200, M = 17,776,
+#: K = 3072 with smoothing + low-rank: 0.131 ms against 0.137);
 #: ``evict``: L2 hints, keep the rows for the second sweep and drop them after it;
-#: ``split``: rotate each 128-block as ``H_4 (x) H_32`` (Sylvester: ``H_128[(a, i), (b, j)] = H_4[a, b] H_32[i, j]``):
-#: four ``(BM, 32) @ (32, 32)`` tensor-core products and a 4-point add/subtract butterfly, 32 + 2 operations
-#: per value instead of 128 multiply-adds (the kernel's two sweeps each rotate every tile)
-SCHEDULE = {"prefetch": False, "recip": True, "evict": False, "split": False}
-SPLIT_WIDTH = ROT_BLOCK // 4  # the sub-block of the ``split`` schedule
+#: ``reverse``: the second sweep runs from the last tile back, so it starts on the tiles the first sweep read
+#: last (the likeliest still in L2 when a program's rows do not all fit).
+#: Measured and removed from the code (2026-12-02/03, README "Deploying"): ``prefetch`` (the next tile's load
+#: issued before this tile's math: 0.22 ms) and ``split`` (``H_128 = H_4 (x) H_32``: 0.167 against 0.106 ms).
+SCHEDULE = {"recip": True, "evict": False, "reverse": False}
 
 
 #: the launch configurations the autotuner chooses from (rows per program, warps, pipeline stages)
 CONFIGS = tuple({"BM": bm, "num_warps": w, "num_stages": st}
-                for bm, w, st in ((16, 4, 3), (32, 4, 3), (32, 8, 4), (64, 4, 3), (64, 8, 2), (64, 8, 4), (128, 8, 2)))
+                for bm, w, st in ((16, 4, 3), (32, 4, 3), (32, 8, 4), (64, 4, 3), (64, 8, 2), (64, 8, 4), (128, 4, 3),
+                                  (128, 8, 2), (128, 8, 3)))
 
 
 def available(device: torch.device | str | None = None) -> bool:
@@ -164,14 +169,19 @@ if triton is not None:
                                          dtype=tl.float32, is_pure=True, pack=1)
 
     @triton.jit
-    def _transform(x, c_ptr, h, k0, cols, K, norm, ROT: tl.constexpr, COL: tl.constexpr, ACT: tl.constexpr):
-        """A loaded tile -> ``(xd, y)``: ``xd = x's dtype(act(x) * col)`` (what the low-rank factor sees) and
-        ``y = xd H / sqrt(128)`` in float32 on the tensor cores (``ROT``; exact products) or ``xd``."""
-        if ACT == 1:  # tanh-approximated GELU in float32, rounded to x's dtype (torch's gelu(approximate="tanh")):
-            # 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), the form without cancellation for negative u
+    def _act(x, ACT: tl.constexpr):
+        """The input activation on a loaded tile: ``ACT`` 1 = tanh-approximated GELU in float32, rounded to
+        x's dtype (torch's ``gelu(approximate="tanh")``), as ``x / (1 + exp(-2u))`` (no cancellation for u < 0)."""
+        if ACT == 1:
             xf = x.to(tl.float32)
             inner = 0.7978845608028654 * (xf + 0.044715 * (xf * xf * xf))
             x = (xf / (1.0 + tl.exp(-2.0 * inner))).to(x.dtype)
+        return x
+
+    @triton.jit
+    def _transform(x, c_ptr, h, k0, cols, K, norm, ROT: tl.constexpr, COL: tl.constexpr):
+        """A loaded (activated) tile -> ``(xd, y)``: ``xd = x's dtype(x * col)`` (what the low-rank factor sees)
+        and ``y = xd H / sqrt(128)`` in float32 on the tensor cores (``ROT``; exact products) or ``xd``."""
         if COL:
             x = (x * tl.load(c_ptr + k0 + cols, mask=(k0 + cols) < K, other=0.0)[None, :]).to(x.dtype)
         if ROT:
@@ -181,117 +191,51 @@ if triton is not None:
         return x, y
 
     @triton.jit
-    def _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x, norm, EV: tl.constexpr,
-                    COL: tl.constexpr, ACT: tl.constexpr, SW: tl.constexpr):
-        """The 128-wide tile at column ``k0`` as four ``(BM, SW)`` pieces ``(x0..x3, y0..y3)``: ``xa`` as
-        :func:`_transform` leaves it (act, col), ``ya`` the rotated piece ``b`` = sum_a H_4[a, b] (xa H_SW),
-        float32, times ``norm`` (``H_128 = H_4 (x) H_SW``)."""
-        x0, z0 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0, K, stride_x, EV), c_ptr, hs, k0, scols, K,
-                            1.0, True, COL, ACT)
-        x1, z1 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0 + SW, K, stride_x, EV), c_ptr, hs, k0 + SW,
-                            scols, K, 1.0, True, COL, ACT)
-        x2, z2 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0 + 2 * SW, K, stride_x, EV), c_ptr, hs,
-                            k0 + 2 * SW, scols, K, 1.0, True, COL, ACT)
-        x3, z3 = _transform(_load_tile(x_ptr, rows, rmask, scols, k0 + 3 * SW, K, stride_x, EV), c_ptr, hs,
-                            k0 + 3 * SW, scols, K, 1.0, True, COL, ACT)
-        a0, a1, a2, a3 = z0 + z1, z0 - z1, z2 + z3, z2 - z3
-        return x0, x1, x2, x3, (a0 + a2) * norm, (a1 + a3) * norm, (a0 - a2) * norm, (a1 - a3) * norm
+    def _sweep1(x, c_ptr, h, d_ptr, amax, t, k0, cols, K, norm, ROT: tl.constexpr, COL: tl.constexpr,
+                R: tl.constexpr):
+        """One output's first-sweep work on a tile: its row maxima and, with ``R > 0`` (``lr_down``
+        zero-padded to ``R`` rows), ``t += xd lr_down[:, k0 : k0 + BK]^T`` (bf16 products, fp32 sums)."""
+        xd, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL)
+        amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
+        if R > 0:
+            ranks = tl.arange(0, R)
+            dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + cols)[None, :], mask=((k0 + cols) < K)[None, :], other=0.0)
+            t = t + tl.dot(xd.to(tl.bfloat16), tl.trans(dn))
+        return amax, t
 
     @triton.jit
-    def _rank_part(t, x, d_ptr, ranks, k0, scols, K):
-        """``t += x d[:, k0 : k0 + SW]^T`` for one ``(BM, SW)`` piece (the low-rank projection, bf16 products)."""
-        dn = tl.load(d_ptr + ranks[:, None] * K + (k0 + scols)[None, :], mask=((k0 + scols) < K)[None, :], other=0.0)
-        return t + tl.dot(x.to(tl.bfloat16), tl.trans(dn))
+    def _row_scale(amax, t, s_ptr, rows, rmask, R: tl.constexpr, RECIP: tl.constexpr):
+        """One output's row scales ``max(amax_row([xr, t]), 1e-12) / 448`` (stored) and what sweep 2
+        multiplies by: one correctly rounded reciprocal per row (``RECIP``; codes differ from ``x / scale``
+        only at rounding ties, rare) or the scale itself (then divided)."""
+        if R > 0:
+            amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
+        scale = tl.maximum(amax, 1e-12) / 448.0
+        tl.store(s_ptr + rows, scale, mask=rmask)
+        if RECIP:
+            inv = tl.fdiv(tl.full(scale.shape, 1.0, tl.float32), scale, ieee_rounding=True)
+        else:
+            inv = scale
+        return scale, inv
 
     @triton.jit
-    def _store_q(q_ptr, y, inv, scale, rows, rmask, cols, k0, K, stride_q, RECIP: tl.constexpr):
-        """FP8 codes of the rotated piece ``y`` (row scale ``scale``, or its reciprocal ``inv``) at column ``k0``."""
+    def _sweep2(x, c_ptr, h, q_ptr, inv, scale, rows, rmask, k0, cols, K, stride_q, norm, ROT: tl.constexpr,
+                COL: tl.constexpr, RECIP: tl.constexpr):
+        """One output's FP8 codes of the tile at column ``k0`` (row scale ``scale``, or its reciprocal ``inv``)."""
+        xd, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL)
         if RECIP:
             q = tl.clamp(y * inv[:, None], -448.0, 448.0)
         else:
             q = tl.clamp(tl.fdiv(y, scale[:, None], ieee_rounding=True), -448.0, 448.0)
-        cmask = (k0 + cols) < K
         tl.store(q_ptr + rows[:, None] * stride_q + (k0 + cols)[None, :], q.to(tl.float8e4nv),
-                 mask=rmask[:, None] & cmask[None, :])
+                 mask=rmask[:, None] & ((k0 + cols) < K)[None, :])
 
-    @triton.autotune(configs=[triton.Config({"BM": c["BM"]}, num_warps=c["num_warps"], num_stages=c["num_stages"])
-                              for c in CONFIGS],
-                     key=["K", "ROT", "R", "ACT", "PREFETCH", "RECIP", "EV1", "SPLIT"])
     @triton.jit
-    def _rot_quant_kernel(x_ptr, c_ptr, h_ptr, d_ptr, q_ptr, scale_ptr, M, K, stride_x, stride_q, norm,
-                          ROT: tl.constexpr, COL: tl.constexpr, R: tl.constexpr, ACT: tl.constexpr,
-                          PREFETCH: tl.constexpr, RECIP: tl.constexpr, EV1: tl.constexpr, EV2: tl.constexpr,
-                          SPLIT: tl.constexpr, SW: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-        pid = tl.program_id(0)
-        rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
-        rmask = rows < M
-        cols = tl.arange(0, BK)
-        amax = tl.zeros((BM,), dtype=tl.float32)
+    def _store_t(t, scale, q_ptr, rows, rmask, K, stride_q, R: tl.constexpr):
+        """The low-rank columns after the ``K`` codes: ``[t_hi, t_lo, t_hi]`` (the GEMM's B side is
+        ``[B_hi, B_hi, B_lo]``), ``t_hi = e4m3(t / scale)``, ``t_lo = e4m3(t / scale - t_hi)``."""
         if R > 0:
             ranks = tl.arange(0, R)
-            t = tl.zeros((BM, R), dtype=tl.float32)
-        if SPLIT:  # H_128 = H_4 (x) H_SW: four small products and a butterfly per tile, both sweeps
-            scols = tl.arange(0, SW)
-            hs = tl.load(h_ptr + scols[:, None] * SW + scols[None, :])
-            # sweep 1: row maxima (and the low-rank projections)
-            for k0 in range(0, K, BK):
-                x0, x1, x2, x3, y0, y1, y2, y3 = _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x,
-                                                             norm, EV1, COL, ACT, SW)
-                amax = tl.maximum(amax, tl.maximum(tl.maximum(tl.max(tl.abs(y0), axis=1), tl.max(tl.abs(y1), axis=1)),
-                                                   tl.maximum(tl.max(tl.abs(y2), axis=1), tl.max(tl.abs(y3), axis=1))))
-                if R > 0:
-                    t = _rank_part(t, x0, d_ptr, ranks, k0, scols, K)
-                    t = _rank_part(t, x1, d_ptr, ranks, k0 + SW, scols, K)
-                    t = _rank_part(t, x2, d_ptr, ranks, k0 + 2 * SW, scols, K)
-                    t = _rank_part(t, x3, d_ptr, ranks, k0 + 3 * SW, scols, K)
-        else:
-            if ROT:
-                h = tl.load(h_ptr + cols[:, None] * BK + cols[None, :])
-            else:
-                h = 0
-            # sweep 1: row maxima (and the low-rank projections); PREFETCH: the next tile's load is issued
-            # before this tile's math, so two tiles per program are in flight
-            if PREFETCH:
-                nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV1)
-            for k0 in range(0, K, BK):
-                if PREFETCH:
-                    x = nxt
-                    nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV1)  # masked off past K
-                else:
-                    x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV1)
-                x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
-                amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
-                if R > 0:  # low-rank projections from the same tile (lr_down zero-padded to R rows)
-                    t = _rank_part(t, x, d_ptr, ranks, k0, cols, K)
-            if PREFETCH:
-                nxt = _load_tile(x_ptr, rows, rmask, cols, 0, K, stride_x, EV2)
-        if R > 0:
-            amax = tl.maximum(amax, tl.max(tl.abs(t), axis=1))
-        scale = tl.maximum(amax, 1e-12) / 448.0
-        tl.store(scale_ptr + rows, scale, mask=rmask)
-        if RECIP:  # one correctly rounded reciprocal per row; codes differ from x / scale only at ties (rare)
-            inv = tl.fdiv(tl.full((BM,), 1.0, tl.float32), scale, ieee_rounding=True)
-        else:
-            inv = scale  # unused: _store_q divides by scale
-        # sweep 2: the same tiles again (from L2 where they stayed), quantized
-        if SPLIT:
-            for k0 in range(0, K, BK):
-                x0, x1, x2, x3, y0, y1, y2, y3 = _split_tile(x_ptr, c_ptr, hs, rows, rmask, scols, k0, K, stride_x,
-                                                             norm, EV2, COL, ACT, SW)
-                _store_q(q_ptr, y0, inv, scale, rows, rmask, scols, k0, K, stride_q, RECIP)
-                _store_q(q_ptr, y1, inv, scale, rows, rmask, scols, k0 + SW, K, stride_q, RECIP)
-                _store_q(q_ptr, y2, inv, scale, rows, rmask, scols, k0 + 2 * SW, K, stride_q, RECIP)
-                _store_q(q_ptr, y3, inv, scale, rows, rmask, scols, k0 + 3 * SW, K, stride_q, RECIP)
-        else:
-            for k0 in range(0, K, BK):
-                if PREFETCH:
-                    x = nxt
-                    nxt = _load_tile(x_ptr, rows, rmask, cols, k0 + BK, K, stride_x, EV2)
-                else:
-                    x = _load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV2)
-                x, y = _transform(x, c_ptr, h, k0, cols, K, norm, ROT, COL, ACT)
-                _store_q(q_ptr, y, inv, scale, rows, rmask, cols, k0, K, stride_q, RECIP)
-        if R > 0:  # [t_hi, t_lo, t_hi]: the GEMM's B side is [B_hi, B_hi, B_lo]
             tq = tl.fdiv(t, scale[:, None], ieee_rounding=True)
             hv = _e4m3_round(tl.clamp(tq, -448.0, 448.0))  # exactly an e4m3 value: its conversion is exact
             hi = hv.to(tl.float8e4nv)
@@ -300,6 +244,64 @@ if triton is not None:
             tl.store(base, hi, mask=rmask[:, None])
             tl.store(base + R, lo, mask=rmask[:, None])
             tl.store(base + 2 * R, hi, mask=rmask[:, None])
+
+    @triton.autotune(configs=[triton.Config({"BM": c["BM"]}, num_warps=c["num_warps"], num_stages=c["num_stages"])
+                              for c in CONFIGS],
+                     key=["K", "G", "ROT", "R0", "R1", "R2", "ACT", "RECIP", "EV1", "REV"])
+    @triton.jit
+    def _rot_quant_kernel(x_ptr, h_ptr, c0, c1, c2, d0, d1, d2, q0, q1, q2, s0, s1, s2, M, K, stride_x,
+                          sq0, sq1, sq2, norm, G: tl.constexpr, ROT: tl.constexpr, COL0: tl.constexpr,
+                          COL1: tl.constexpr, COL2: tl.constexpr, R0: tl.constexpr, R1: tl.constexpr,
+                          R2: tl.constexpr, ACT: tl.constexpr, RECIP: tl.constexpr, EV1: tl.constexpr,
+                          EV2: tl.constexpr, REV: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+        """``G`` (1-3) outputs of one input: each tile of ``x`` is loaded once per sweep and serves every output
+        (``c*``: column multipliers, ``d*``: low-rank factors padded to ``R*`` rows, ``q*``/``s*``: codes, row scales)."""
+        pid = tl.program_id(0)
+        rows = pid.to(tl.int64) * BM + tl.arange(0, BM)
+        rmask = rows < M
+        cols = tl.arange(0, BK)
+        if ROT:
+            h = tl.load(h_ptr + cols[:, None] * BK + cols[None, :])
+        else:
+            h = 0
+        a0 = tl.zeros((BM,), dtype=tl.float32)
+        a1 = tl.zeros((BM,), dtype=tl.float32)
+        a2 = tl.zeros((BM,), dtype=tl.float32)
+        t0 = tl.zeros((BM, R0 if R0 > 0 else 16), dtype=tl.float32)
+        t1 = tl.zeros((BM, R1 if R1 > 0 else 16), dtype=tl.float32)
+        t2 = tl.zeros((BM, R2 if R2 > 0 else 16), dtype=tl.float32)
+        # sweep 1: row maxima (and the low-rank projections) of every output from one load per tile
+        for k0 in range(0, K, BK):
+            x = _act(_load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV1), ACT)
+            a0, t0 = _sweep1(x, c0, h, d0, a0, t0, k0, cols, K, norm, ROT, COL0, R0)
+            if G > 1:
+                a1, t1 = _sweep1(x, c1, h, d1, a1, t1, k0, cols, K, norm, ROT, COL1, R1)
+            if G > 2:
+                a2, t2 = _sweep1(x, c2, h, d2, a2, t2, k0, cols, K, norm, ROT, COL2, R2)
+        sc0, inv0 = _row_scale(a0, t0, s0, rows, rmask, R0, RECIP)
+        if G > 1:
+            sc1, inv1 = _row_scale(a1, t1, s1, rows, rmask, R1, RECIP)
+        if G > 2:
+            sc2, inv2 = _row_scale(a2, t2, s2, rows, rmask, R2, RECIP)
+        # sweep 2: the same tiles again (from L2 where they stayed; REV: last tile first, the most
+        # recently read ones), quantized
+        last = ((K - 1) // BK) * BK
+        for kk in range(0, K, BK):
+            if REV:
+                k0 = last - kk
+            else:
+                k0 = kk
+            x = _act(_load_tile(x_ptr, rows, rmask, cols, k0, K, stride_x, EV2), ACT)
+            _sweep2(x, c0, h, q0, inv0, sc0, rows, rmask, k0, cols, K, sq0, norm, ROT, COL0, RECIP)
+            if G > 1:
+                _sweep2(x, c1, h, q1, inv1, sc1, rows, rmask, k0, cols, K, sq1, norm, ROT, COL1, RECIP)
+            if G > 2:
+                _sweep2(x, c2, h, q2, inv2, sc2, rows, rmask, k0, cols, K, sq2, norm, ROT, COL2, RECIP)
+        _store_t(t0, sc0, q0, rows, rmask, K, sq0, R0)
+        if G > 1:
+            _store_t(t1, sc1, q1, rows, rmask, K, sq1, R1)
+        if G > 2:
+            _store_t(t2, sc2, q2, rows, rmask, K, sq2, R2)
 
     @triton.jit
     def _unpack_kernel(p_ptr, out_ptr, N, KH, LD, BN: tl.constexpr, BKH: tl.constexpr):
@@ -315,6 +317,80 @@ if triton is not None:
                  mask=rmask[:, None] & (oc < 2 * KH)[None, :])
 
 
+#: the most outputs one prologue launch computes from one input (an attention's q, k and v)
+MAX_OUTPUTS = 3
+
+
+def rotate_quantize_fp8_multi(x: torch.Tensor, outputs: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]],
+                              block: int = 0, act: int = ACT_NONE, schedule: dict | None = None,
+                              config: dict | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`rotate_quantize_fp8` for several outputs of one input in one kernel: ``outputs`` lists each
+    output's ``(col, lr_down)`` (an attention's q, k and v projections read the same ``x`` with their own
+    smoothing, rotation signs and low-rank factors). Each tile of ``x`` is read once per sweep for all of
+    them instead of once per output; each output's numbers are those of its own single call.
+
+    Args:
+        x: ``(M, K)`` bf16 or fp16 (CUDA for the kernel; otherwise the float reference per output).
+        outputs: 1 .. :data:`MAX_OUTPUTS` pairs ``(col (K,) or None, lr_down (r, K) bf16 or None)``.
+        block, act, schedule, config: as :func:`rotate_quantize_fp8` (shared by the outputs).
+    Returns:
+        per output ``(q (M, K + 3R) float8_e4m3fn, scale float32 (M,))``.
+    """
+    if not 1 <= len(outputs) <= MAX_OUTPUTS:
+        raise ValueError(f"one prologue computes 1 to {MAX_OUTPUTS} outputs (got {len(outputs)})")
+    if act not in (ACT_NONE, ACT_GELU_TANH):
+        raise ValueError(f"unknown input activation code {act} (0: none, 1: gelu tanh)")
+    if not available(x.device) or x.dtype not in (torch.bfloat16, torch.float16):
+        return [rotate_quantize_fp8_reference(x, c, block, d, act) for c, d in outputs]
+    sch = {**SCHEDULE, **(schedule or {})}
+    if unknown := set(sch) - set(SCHEDULE):
+        raise ValueError(f"unknown prologue schedule keys {sorted(unknown)} (known: {sorted(SCHEDULE)})")
+    if block not in (0, ROT_BLOCK):
+        raise ValueError(f"the fused kernel rotates in blocks of {ROT_BLOCK} (got {block})")
+    x = x.contiguous()
+    m, k = x.shape
+    ranks = [0 if d is None else d.shape[0] for _, d in outputs]
+    res, cs, ds = [], [], []
+    for (col, d), r in zip(outputs, ranks):
+        rp = _pad_rank(r)
+        res.append((torch.empty((m, k + 3 * rp), device=x.device, dtype=FP8),
+                    torch.empty((m,), device=x.device, dtype=torch.float32)))
+        cs.append(col.to(device=x.device, dtype=torch.float32).contiguous() if col is not None else x)
+        if r == rp and d.dtype == torch.bfloat16 and d.is_contiguous():
+            ds.append(d)  # already R rows: no padded copy (two launches fewer per call)
+        elif r:
+            dp = torch.zeros((rp, k), device=x.device, dtype=torch.bfloat16)
+            dp[:r] = d
+            ds.append(dp)
+        else:
+            ds.append(x)
+    if m == 0:
+        return res
+    # with low-rank columns the kernel takes its tensor-core path (the identity for block 0)
+    rot = bool(block) or any(ranks)
+    if block:
+        h = sylvester(ROT_BLOCK, x.device, x.dtype)
+    elif rot:
+        h = torch.eye(ROT_BLOCK, device=x.device, dtype=x.dtype)
+    else:
+        h = x  # unused placeholder
+    g = len(outputs)
+    pad = lambda seq, fill: list(seq) + [fill] * (MAX_OUTPUTS - g)  # noqa: E731  (unused slots)
+    qs, ss = pad([q for q, _ in res], x), pad([s for _, s in res], x)
+    cols_, downs = pad(cs, x), pad(ds, x)
+    strides = pad([q.stride(0) for q, _ in res], 0)
+    flags = pad([c is not None for c, _ in outputs], False)
+    rps = pad([_pad_rank(r) for r in ranks], 0)
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
+    kernel = _rot_quant_kernel if config is None else _rot_quant_kernel.fn
+    kernel[grid](x, h, *cols_, *downs, *qs, *ss, m, k, x.stride(0), *strides,
+                 float(ROT_BLOCK ** -0.5) if block else 1.0, G=g, ROT=rot, COL0=flags[0], COL1=flags[1],
+                 COL2=flags[2], R0=rps[0], R1=rps[1], R2=rps[2], ACT=int(act), RECIP=bool(sch["recip"]),
+                 EV1="evict_last" if sch["evict"] else "", EV2="evict_first" if sch["evict"] else "",
+                 REV=bool(sch["reverse"]), BK=ROT_BLOCK, **(config or {}))
+    return res
+
+
 def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block: int = 0,
                         lr_down: torch.Tensor | None = None, act: int = ACT_NONE,
                         schedule: dict | None = None, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,54 +403,14 @@ def rotate_quantize_fp8(x: torch.Tensor, col: torch.Tensor | None = None, block:
         block: 0 (no rotation) or 128.
         lr_down: ``(r, K)`` bf16 low-rank factor (already times ``col``'s signs and ``1 / c``) or None.
         act: :data:`ACT_NONE` or :data:`ACT_GELU_TANH` (the preceding GELU, fused into the load).
-        schedule: overrides of :data:`SCHEDULE` (benchmarks; ``split`` rotates as ``H_4 (x) H_32``, ignores ``prefetch``).
+        schedule: overrides of :data:`SCHEDULE` (benchmarks).
         config: one launch configuration instead of the autotuner's choice, e.g.
             ``{"BM": 64, "num_warps": 8, "num_stages": 2}`` (tests run every configuration).
     Returns:
         ``(q (M, K + 3R) float8_e4m3fn, scale float32 (M,))``: ``q[:, :K] * scale ~= x R``, then the
         low-rank projections ``t`` as ``[t_hi, t_lo, t_hi]`` (``R`` = ``r`` padded to a power of two >= 16).
     """
-    if not available(x.device) or x.dtype not in (torch.bfloat16, torch.float16):
-        return rotate_quantize_fp8_reference(x, col, block, lr_down, act)
-    if act not in (ACT_NONE, ACT_GELU_TANH):
-        raise ValueError(f"unknown input activation code {act} (0: none, 1: gelu tanh)")
-    sch = {**SCHEDULE, **(schedule or {})}
-    if block not in (0, ROT_BLOCK):
-        raise ValueError(f"the fused kernel rotates in blocks of {ROT_BLOCK} (got {block})")
-    x = x.contiguous()
-    m, k = x.shape
-    r = 0 if lr_down is None else lr_down.shape[0]
-    rp = _pad_rank(r)
-    q = torch.empty((m, k + 3 * rp), device=x.device, dtype=FP8)
-    scale = torch.empty((m,), device=x.device, dtype=torch.float32)
-    if m == 0:
-        return q, scale
-    # with the low-rank columns the kernel takes its tensor-core path (the identity for block 0): chosen on
-    # 2026-12-02 against wrong t_lo columns that turned out (2026-12-03) to come from the hi/lo split, in every path
-    rot = bool(block) or r > 0
-    split = bool(block) and bool(sch["split"])
-    if split:
-        h = sylvester(SPLIT_WIDTH, x.device, x.dtype).contiguous()
-    elif block:
-        h = sylvester(ROT_BLOCK, x.device, x.dtype)
-    elif rot:
-        h = torch.eye(ROT_BLOCK, device=x.device, dtype=x.dtype)
-    else:
-        h = x  # unused placeholder
-    c = col.to(device=x.device, dtype=torch.float32).contiguous() if col is not None else x
-    if r:
-        d = torch.zeros((rp, k), device=x.device, dtype=torch.bfloat16)
-        d[:r] = lr_down
-    else:
-        d = x
-    grid = lambda meta: (triton.cdiv(m, meta["BM"]),)  # noqa: E731  (rows per program: autotuned per K)
-    kernel = _rot_quant_kernel if config is None else _rot_quant_kernel.fn
-    kernel[grid](x, c, h, d, q, scale, m, k, x.stride(0), q.stride(0),
-                 float(ROT_BLOCK ** -0.5) if block else 1.0, ROT=rot, COL=col is not None, R=rp,
-                 ACT=int(act), PREFETCH=bool(sch["prefetch"]), RECIP=bool(sch["recip"]),
-                 EV1="evict_last" if sch["evict"] else "", EV2="evict_first" if sch["evict"] else "",
-                 SPLIT=split, SW=SPLIT_WIDTH, BK=ROT_BLOCK, **(config or {}))
-    return q, scale
+    return rotate_quantize_fp8_multi(x, [(col, lr_down)], block, act, schedule, config)[0]
 
 
 def unpack_int4_fp8_reference(qweight: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:

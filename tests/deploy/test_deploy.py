@@ -244,6 +244,46 @@ def test_torch_compile_loaded(ckpts):
     assert torch.equal(y, ref)
 
 
+def test_shared_prologue_groups_self_attention_qkv(ckpts):
+    """A loaded model groups each self-attention's ``to_q``/``to_k``/``to_v`` (one prologue for the three),
+    never a cross-attention's; outputs equal the ungrouped model's bit for bit on the CPU (>= 45 dB on CUDA,
+    where the grouped layers run the multi-output kernel, autotuned separately); a member called on another
+    tensor than the group's input computes alone."""
+    from lsgq_compiler.deploy.modules import DeployLinear, share_prologues
+    from lsgq_compiler.kernels import fp8_prologue
+
+    _, out = ckpts
+    _, d, inp, ref = out["wanlsgq-cuda-sm90"]
+    devices = ["cpu"] + (["cuda"] if fp8_prologue.available("cuda") else [])
+    for device in devices:
+        lm = from_pretrained(d, device=device, allow_reference=True)
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
+        blocks = lm.blocks
+        assert all(b.attn1.to_q._shared is not None and b.attn1.to_v._shared is b.attn1.to_q._shared
+                   for b in blocks)
+        assert all(b.attn2.to_q._shared is None for b in blocks)
+        assert share_prologues(lm) == len(blocks)  # idempotent
+        with torch.no_grad():
+            y = lm(**kw, return_dict=False)[0]
+            for m in lm.modules():
+                if isinstance(m, DeployLinear):
+                    m._shared = None
+            y0 = lm(**kw, return_dict=False)[0]
+        if device == "cpu":
+            assert torch.equal(y, y0) and torch.equal(y, ref)
+        else:
+            assert sqnr(y0.float(), y.float()) >= 45.0, sqnr(y0.float(), y.float())
+    lm = from_pretrained(d, allow_reference=True)
+    a = lm.blocks[0].attn1
+    x = torch.randn(1, 8, a.to_q.in_features)
+    with torch.no_grad():
+        q = a.to_q(x)
+        k_other = a.to_k(x + 1)  # not the group's input: computed alone
+        assert torch.equal(q, a.to_q._forward(x)) and torch.equal(k_other, a.to_k._forward(x + 1))
+        assert torch.equal(a.to_k(x), a.to_k._forward(x)) and torch.equal(a.to_v(x), a.to_v._forward(x))
+        assert a.to_q._shared.pending is None
+
+
 def test_module_form_does_not_copy_planned_weights(monkeypatch):
     """to_module_form copies the model without its planned linears: their full-precision weights
     (most of a DiT's bytes) are never duplicated; the copy's parameters are the rest only."""

@@ -171,21 +171,6 @@ def test_e4m3_rounding_in_float32_matches_the_cast():
     assert torch.equal(fp.e4m3_round_reference(v), ref)
 
 
-def test_split_schedule_factorisation_is_the_sylvester_hadamard():
-    """The ``split`` schedule rotates a 128-block as ``H_4 (x) H_32``: four products with ``H_32`` then the
-    butterfly ``y_b = sum_a H_4[a, b] z_a``; that equals ``x H_128`` exactly (float64)."""
-    from lsgq_compiler.hadamard import sylvester
-    from lsgq_compiler.kernels import fp8_prologue as fp
-
-    sw = fp.SPLIT_WIDTH
-    h, h4, hs = (sylvester(n, "cpu", torch.float64) for n in (fp.ROT_BLOCK, fp.ROT_BLOCK // sw, sw))
-    assert torch.equal(h, torch.kron(h4, hs))
-    x = torch.randn(16, fp.ROT_BLOCK, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    z0, z1, z2, z3 = (x[:, a * sw:(a + 1) * sw] @ hs for a in range(4))
-    a0, a1, a2, a3 = z0 + z1, z0 - z1, z2 + z3, z2 - z3  # the kernel's butterfly, in its order
-    assert torch.allclose(torch.cat([a0 + a2, a1 + a3, a0 - a2, a1 - a3], 1), x @ h, rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("block", [0, 128, 256])
 def test_rot_fp8_linear_reference_numerics(block):
     """``lsgq::rot_fp8_linear`` (CPU reference) computes fp8(rotate(x)) @ (codes * scale)^T + b for int4
@@ -376,17 +361,17 @@ def test_cuda_prologue_with_smoothing_and_lowrank_matches_reference():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
 def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
-    """Every schedule and launch configuration of the Triton prologue (prefetch, reciprocal, L2 hints) and the
-    fused tanh-GELU (``act=1``) against the float reference: FP8 codes equal on >= 99.9% of entries, row scales within
-    1e-5 (1e-2 with the GELU: a bf16 GELU value one ulp apart moves a row maximum), the whole op >= 40 dB."""
+    """Every schedule and launch configuration of the Triton prologue (reciprocal, L2 hints, reversed second
+    sweep) and the fused tanh-GELU (``act=1``) against the float reference: FP8 codes equal on >= 99.9% of
+    entries, row scales within 1e-5 (1e-2 with the GELU: a bf16 GELU value one ulp apart moves a row maximum),
+    the whole op >= 40 dB."""
     from lsgq_compiler.kernels import fp8_prologue as fp
 
     if not fp.available("cuda"):
         pytest.skip("Triton prologue needs sm_89+")
     x, b, col, down, codes, scale, packed, up = _cuda_lowrank_layer(6, 3)
-    schedules = ({"prefetch": False, "recip": False}, {"prefetch": True, "recip": False},
-                 {"prefetch": False, "recip": True}, {"prefetch": True, "recip": True, "evict": True},
-                 {"split": True}, {"split": True, "recip": False})
+    schedules = ({"recip": False}, {"recip": True}, {"recip": True, "evict": True}, {"reverse": True},
+                 {"reverse": True, "recip": False})
     bad = []
     for act in (0, 1):
         rq, rs = fp.rotate_quantize_fp8_reference(x, col, 128, down, act)
@@ -396,13 +381,13 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
             lr = _lowrank_cols_sqnr(q, rq)
             if same < 0.999 or not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
                 bad.append((act, sch, round(same, 5), float((s / rs - 1).abs().max()), round(lr, 2)))
-        for cfg in fp.CONFIGS:  # every launch configuration the autotuner may pick, default and split schedules
-            for split in (False, True):
-                q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, {"split": split}, config=cfg)
+        for cfg in fp.CONFIGS:  # every launch configuration the autotuner may pick, both sweep orders
+            for rev in (False, True):
+                q, s = fp.rotate_quantize_fp8(x, col, 128, down, act, {"reverse": rev}, config=cfg)
                 same = float((q[:, :1536].float() == rq[:, :1536].float()).float().mean())
                 lr = _lowrank_cols_sqnr(q, rq)
                 if same < 0.999 or not torch.allclose(s, rs, rtol=1e-2 if act else 1e-5) or lr < 40.0:
-                    bad.append((act, cfg, split, round(same, 5), round(lr, 2)))
+                    bad.append((act, cfg, rev, round(same, 5), round(lr, 2)))
         y = ops.rot_fp8_linear(x, packed, scale, b.bfloat16(), col, 128, down, up, act)
         yr = ops.rot_fp8_linear(x.cpu(), packed.cpu(), scale.cpu(), b.bfloat16().cpu(), col.cpu(), 128,
                                 down.cpu(), up.cpu(), act)
@@ -411,6 +396,85 @@ def test_cuda_prologue_schedules_and_fused_gelu_match_reference():
     assert not bad, bad
     with pytest.raises(ValueError, match="activation"):
         fp.rotate_quantize_fp8(x, col, 128, down, 7)
+    with pytest.raises(ValueError, match="schedule"):
+        fp.rotate_quantize_fp8(x, col, 128, down, 0, {"split": True})
+
+
+def _multi_layers(device: str):
+    """Three layers of one 1536-wide input as q, k, v would be: own signs / smoothing, ranks 32, 8 and none,
+    int4 and FP8 weights; ``(x, [layer dicts for ops.rot_fp8_multi_linear])``."""
+    from lsgq_compiler.kernels import fp8_prologue as fp
+
+    x, b, col, down, codes, scale, packed, up = _cuda_lowrank_layer(6, 3) if device == "cuda" else \
+        (None,) * 8
+    if device != "cuda":
+        from lsgq_compiler.hadamard import random_signs
+
+        x, w, b = _data(m=50, k=256, n=64)
+        g = torch.Generator().manual_seed(1)
+        col = random_signs(256, 4) / (torch.rand(256, generator=g) + 0.5)
+        down = (torch.randn(32, 256, generator=g) * 0.05).bfloat16()
+        codes, scale, packed = _int4r(w)
+        up = fp.lowrank_weight_cols(torch.randn(64, 32, generator=g) * 2)
+    k = x.shape[1]
+    g = torch.Generator().manual_seed(2)
+    col2 = (col.cpu().flip(0) * 0.7).to(x.device)
+    down2 = (torch.randn(8, k, generator=g) * 0.05).bfloat16().to(x.device)
+    up2 = fp.lowrank_weight_cols((torch.randn(packed.shape[0], 8, generator=g)).to(x.device))
+    w8 = (torch.randn(96, k, generator=g) * 0.1).to(x.device).to(torch.float8_e4m3fn)
+    s8 = (torch.rand(96, generator=g) * 0.01 + 0.001).to(x.device)
+    layers = [{"weight": packed.to(x.device), "w_scale": scale.to(x.device), "bias": b.bfloat16().to(x.device),
+               "col": col, "lr_down": down, "lr_up": up},
+              {"weight": packed.to(x.device), "w_scale": scale.to(x.device), "bias": None, "col": col2,
+               "lr_down": down2, "lr_up": up2},
+              {"weight": w8, "w_scale": s8, "bias": None, "col": None, "lr_down": None, "lr_up": None}]
+    return x, layers
+
+
+def test_multi_linear_reference_equals_each_layer_alone():
+    """``lsgq::rot_fp8_multi_linear`` (CPU reference) returns exactly what each layer's ``rot_fp8_linear``
+    returns (three layers: own smoothing, ranks 32 / 8 / none, int4 and FP8 weights, with and without
+    rotation), and its fake implementation gives the shapes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, layers = _multi_layers("cpu")
+    for block in (0, 128):
+        ys = ops.rot_fp8_multi_linear(x.reshape(5, 10, -1), layers, block)
+        for y, p in zip(ys, layers):
+            ref = ops.rot_fp8_linear(x, p["weight"], p["w_scale"], p["bias"], p["col"], block, p["lr_down"],
+                                     p["lr_up"])
+            assert y.shape == (5, 10, ref.shape[-1]) and torch.equal(y.reshape(ref.shape), ref), block
+    with FakeTensorMode() as mode:
+        fx = mode.from_tensor(x)
+        fl = [{k: (mode.from_tensor(v) if isinstance(v, torch.Tensor) else v) for k, v in p.items()} for p in layers]
+        shapes = [tuple(y.shape) for y in ops.rot_fp8_multi_linear(fx, fl, 128)]
+    assert shapes == [(50, 64), (50, 64), (50, 96)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
+def test_cuda_multi_output_prologue_equals_single_calls():
+    """The multi-output Triton prologue (one read of ``x`` for q, k and v) writes, per output, the same FP8
+    codes and row scales as that output's own single-output launch, bit for bit, in every launch
+    configuration; the multi-layer op (autotuned: its launch configuration may differ from a single
+    layer's, and with it the tensor cores' summation order) matches the three single-layer ops at >= 50 dB."""
+    from lsgq_compiler.kernels import fp8_prologue as fp
+
+    if not fp.available("cuda"):
+        pytest.skip("Triton prologue needs sm_89+")
+    x, layers = _multi_layers("cuda")
+    outs = [(p["col"], p["lr_down"]) for p in layers]
+    bad = []
+    for cfg in fp.CONFIGS:
+        multi = fp.rotate_quantize_fp8_multi(x, outs, 128, config=cfg)
+        for i, ((c, d), (q, s)) in enumerate(zip(outs, multi)):
+            q1, s1 = fp.rotate_quantize_fp8(x, c, 128, d, config=cfg)
+            if not (torch.equal(q.view(torch.uint8), q1.view(torch.uint8)) and torch.equal(s, s1)):
+                bad.append((cfg, i))
+    assert not bad, bad
+    ys = ops.rot_fp8_multi_linear(x, layers, 128)
+    for y, p in zip(ys, layers):
+        y1 = ops.rot_fp8_linear(x, p["weight"], p["w_scale"], p["bias"], p["col"], 128, p["lr_down"], p["lr_up"])
+        assert sqnr(y1.float(), y.float()) >= 50.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm_89+)")
@@ -442,20 +506,24 @@ def test_prepare_releases_lowrank_factors_for_the_gemm_columns():
 
 
 def test_prologue_compiles_for_sm90_without_a_gpu():
-    """Every schedule of the Triton prologue (split or not, reciprocal or not, with or without the low-rank
-    columns, the fused GELU) compiles to PTX for sm_90: Triton's frontend and code generation run without a
-    GPU, so a kernel edit is checked before a device call. Skipped where Triton is not installed (CPU CI)."""
+    """The Triton prologue (1 to 3 outputs, reciprocal or not, reversed second sweep or not, with or without
+    low-rank columns, the fused GELU) compiles to PTX for sm_90: Triton's frontend and code generation run
+    without a GPU, so a kernel edit is checked before a device call. Skipped where Triton is not installed
+    (CPU CI)."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
 
     from lsgq_compiler.kernels import fp8_prologue as fp
 
-    sig = {"x_ptr": "*bf16", "c_ptr": "*fp32", "h_ptr": "*bf16", "d_ptr": "*bf16", "q_ptr": "*fp8e4nv",
-           "scale_ptr": "*fp32", "M": "i32", "K": "i32", "stride_x": "i32", "stride_q": "i32", "norm": "fp32"}
-    for split, recip, r, act in ((False, True, 32, 0), (False, False, 0, 1), (True, True, 32, 0), (True, False, 0, 1)):
-        const = dict(ROT=True, COL=True, R=r, ACT=act, PREFETCH=False, RECIP=recip, EV1="", EV2="", SPLIT=split,
-                     SW=fp.SPLIT_WIDTH, BM=64, BK=fp.ROT_BLOCK)
+    sig = {"x_ptr": "*bf16", "h_ptr": "*bf16", **{f"c{i}": "*fp32" for i in range(3)},
+           **{f"d{i}": "*bf16" for i in range(3)}, **{f"q{i}": "*fp8e4nv" for i in range(3)},
+           **{f"s{i}": "*fp32" for i in range(3)}, "M": "i32", "K": "i32", "stride_x": "i32",
+           **{f"sq{i}": "i32" for i in range(3)}, "norm": "fp32"}
+    for g, ranks, recip, rev, act in ((1, (32, 0, 0), True, False, 0), (1, (0, 0, 0), False, True, 1),
+                                      (3, (32, 16, 0), True, True, 0), (2, (0, 32, 0), False, False, 1)):
+        const = dict(G=g, ROT=True, COL0=True, COL1=False, COL2=True, R0=ranks[0], R1=ranks[1], R2=ranks[2],
+                     ACT=act, RECIP=recip, EV1="", EV2="", REV=rev, BM=64, BK=fp.ROT_BLOCK)
         src = triton.compiler.ASTSource(fn=fp._rot_quant_kernel.fn, constexprs=const,
                                         signature={**sig, **{n: "constexpr" for n in const}})
         ptx = triton.compile(src, target=GPUTarget("cuda", 90, 128), options={"num_warps": 8}).asm["ptx"]
-        assert "cvt.rn.satfinite.e4m3x2.f32" in ptx or "e4m3" in ptx, (split, recip, r, act)
+        assert "cvt.rn.satfinite.e4m3x2.f32" in ptx or "e4m3" in ptx, (g, ranks, recip, rev, act)
