@@ -93,7 +93,6 @@ def to_module_form(qm: Any, model: nn.Module | None = None) -> nn.Module:
             continue
         attention[path] = {"min_kv": min_kv, "format": rec.get("format", "int8-qk/16bit-pv")}
     apply_attention(out, attention)
-    share_prologues(out)
     out._lsgq_quantization_config = quantization_config(qm, layers, attention)
     return out
 
@@ -270,14 +269,17 @@ def build_skeleton_layers(model: nn.Module, layers: dict[str, dict], device: Any
         model.set_submodule(path, dev)
 
 
-def prepare(model: nn.Module, fuse_activations: bool = False) -> nn.Module:
+def prepare(model: nn.Module, fuse_activations: bool = False, share_qkv: bool = False) -> nn.Module:
     """Build every deploy layer's kernel layout on its device (CUDA); returns ``model``.
     ``fuse_activations``: also move feed-forward GELUs into the next layer's CUDA prologue
-    (:func:`~lsgq_compiler.deploy.modules.fuse_gelu`; measured slower on the H200, hence off)."""
+    (:func:`~lsgq_compiler.deploy.modules.fuse_gelu`; measured slower on the H200, hence off).
+    ``share_qkv``: one multi-output prologue per self-attention's q, k, v
+    (:func:`~lsgq_compiler.deploy.modules.share_prologues`; measured no faster on the H200, hence off)."""
     for m in model.modules():
         if isinstance(m, DeployLinear):
             m.prepare()
-    share_prologues(model)  # after prepare: the groups read each member's kernel form
+    if share_qkv:
+        share_prologues(model)  # after prepare: the groups read each member's kernel form
     if fuse_activations:
         fuse_gelu(model, "cuda")
     return model

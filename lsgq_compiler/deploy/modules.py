@@ -370,7 +370,7 @@ class DeployLinear(nn.Module):
             shared = self._shared is not None and self._shared.fused
             return {"backend": "lsgq deploy", "real_kernel": True,
                     "kernel": ("lsgq::rot_fp8_multi_linear" if shared else op)
-                    + " (Triton rotate+quantize prologue" + (f" shared by {self._shared.names}" if shared else "")
+                    + " (Triton rotate+quantize prologue" + (" shared by q, k, v" if shared else "")
                     + (", int4 -> FP8 unpack" if self.kind == "int4r_fp8" else "") + ", _scaled_mm"
                     + (", low-rank as K + rank FP8 columns)" if self.cfg.get("lowrank_in_gemm") else ")")}
         if device == "cuda":
@@ -501,7 +501,12 @@ class SharedPrologue:
 def share_prologues(model: nn.Module) -> int:
     """Group the ``to_q``, ``to_k``, ``to_v`` deploy linears of each self-attention in ``model`` (modules with
     ``is_cross_attention`` False: diffusers' ``Attention``, ``WanAttention``) into a :class:`SharedPrologue`;
-    returns the number of groups. Idempotent; outputs are unchanged (the same kernels per layer)."""
+    returns the number of groups. Idempotent; outputs are unchanged (the same kernels per layer).
+
+    Off by default (``prepare(model, share_qkv=True)`` turns it on): on the H200 the three-output prologue
+    is bound by its rotations (each output rotates every tile twice, on the tensor cores), not by reading
+    ``x``, so one launch for three costs about what three launches cost (0.51 ms against 0.39-0.48 at
+    M = 17,776, K = 3072) and CogVideoX1.5-5B did not get faster (2026-12-04, README "Deploying")."""
     n = 0
     for name, mod in model.named_modules():
         if getattr(mod, "is_cross_attention", True) is not False:

@@ -356,7 +356,7 @@ def rotate_quantize_fp8_multi(x: torch.Tensor, outputs: Sequence[tuple[torch.Ten
         res.append((torch.empty((m, k + 3 * rp), device=x.device, dtype=FP8),
                     torch.empty((m,), device=x.device, dtype=torch.float32)))
         cs.append(col.to(device=x.device, dtype=torch.float32).contiguous() if col is not None else x)
-        if r == rp and d.dtype == torch.bfloat16 and d.is_contiguous():
+        if r and r == rp and d.dtype == torch.bfloat16 and d.is_contiguous():
             ds.append(d)  # already R rows: no padded copy (two launches fewer per call)
         elif r:
             dp = torch.zeros((rp, k), device=x.device, dtype=torch.bfloat16)

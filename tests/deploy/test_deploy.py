@@ -245,10 +245,11 @@ def test_torch_compile_loaded(ckpts):
 
 
 def test_shared_prologue_groups_self_attention_qkv(ckpts):
-    """A loaded model groups each self-attention's ``to_q``/``to_k``/``to_v`` (one prologue for the three),
-    never a cross-attention's; outputs equal the ungrouped model's bit for bit on the CPU (>= 45 dB on CUDA,
-    where the grouped layers run the multi-output kernel, autotuned separately); a member called on another
-    tensor than the group's input computes alone."""
+    """``share_prologues`` (opt-in) groups each self-attention's ``to_q``/``to_k``/``to_v`` (one prologue for
+    the three), never a cross-attention's; outputs equal the ungrouped model's bit for bit on the CPU (>= 45 dB
+    on CUDA, where the grouped layers run the multi-output kernel, autotuned separately), also under
+    ``torch.compile`` with no graph break; a member called on another tensor than the group's input
+    computes alone."""
     from lsgq_compiler.deploy.modules import DeployLinear, share_prologues
     from lsgq_compiler.kernels import fp8_prologue
 
@@ -259,12 +260,18 @@ def test_shared_prologue_groups_self_attention_qkv(ckpts):
         lm = from_pretrained(d, device=device, allow_reference=True)
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
         blocks = lm.blocks
+        assert all(b.attn1.to_q._shared is None for b in blocks)  # off by default
+        assert share_prologues(lm) == len(blocks)
         assert all(b.attn1.to_q._shared is not None and b.attn1.to_v._shared is b.attn1.to_q._shared
                    for b in blocks)
         assert all(b.attn2.to_q._shared is None for b in blocks)
         assert share_prologues(lm) == len(blocks)  # idempotent
         with torch.no_grad():
             y = lm(**kw, return_dict=False)[0]
+            if device == "cpu":
+                assert torch._dynamo.explain(lm)(**kw, return_dict=False).graph_break_count == 0
+                assert torch.equal(torch.compile(lm, backend="aot_eager")(**kw, return_dict=False)[0], y)
+                torch._dynamo.reset()
             for m in lm.modules():
                 if isinstance(m, DeployLinear):
                     m._shared = None
@@ -274,6 +281,7 @@ def test_shared_prologue_groups_self_attention_qkv(ckpts):
         else:
             assert sqnr(y0.float(), y.float()) >= 45.0, sqnr(y0.float(), y.float())
     lm = from_pretrained(d, allow_reference=True)
+    share_prologues(lm)
     a = lm.blocks[0].attn1
     x = torch.randn(1, 8, a.to_q.in_features)
     with torch.no_grad():
