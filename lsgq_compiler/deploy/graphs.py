@@ -29,9 +29,9 @@ from torch.utils import _pytree as pytree
 __all__ = ["GraphedModel", "cuda_graphs"]
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple:
-    """A hashable key: each tensor's shape, dtype and device; other values by ``repr``."""
-    leaves, spec = pytree.tree_flatten((args, kwargs))
+def _signature(leaves: list, spec: Any) -> tuple:
+    """A hashable key of a call's flattened arguments: each tensor's shape, dtype and device; other
+    values by ``repr``; the arguments' structure."""
     key = tuple(("T", tuple(v.shape), v.dtype, str(v.device)) if isinstance(v, torch.Tensor) else ("V", repr(v))
                 for v in leaves)
     return key, str(spec)
@@ -40,8 +40,8 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
 class _Captured:
     """One captured call: the static inputs it reads, the graph, the static outputs it writes."""
 
-    def __init__(self, model: nn.Module, args: tuple, kwargs: dict, pool: Any) -> None:
-        leaves, self.spec = pytree.tree_flatten((args, kwargs))
+    def __init__(self, model: nn.Module, leaves: list, spec: Any, pool: Any) -> None:
+        self.spec = spec
         self.static = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in leaves]
         s_args, s_kwargs = pytree.tree_unflatten(self.static, self.spec)
         side = torch.cuda.Stream()
@@ -54,8 +54,8 @@ class _Captured:
         with torch.no_grad(), torch.cuda.graph(self.graph, pool=pool):
             self.out = model(*s_args, **s_kwargs)
 
-    def __call__(self, args: tuple, kwargs: dict) -> Any:
-        leaves, _ = pytree.tree_flatten((args, kwargs))
+    def __call__(self, leaves: list) -> Any:
+        """Replay on ``leaves`` (the call's flattened arguments, of this graph's signature)."""
         for dst, src in zip(self.static, leaves):
             if isinstance(dst, torch.Tensor):
                 dst.copy_(src)
@@ -93,22 +93,23 @@ class GraphedModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The model's call, replayed from the graph captured for these input shapes (captured now on
         the first call with them). Tensors on the CPU, or no CUDA: the model is called directly."""
-        leaves = [v for v in pytree.tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
-        if not torch.cuda.is_available() or not leaves or not all(v.is_cuda for v in leaves):
+        leaves, spec = pytree.tree_flatten((args, kwargs))  # once per call: key, copies and capture use it
+        tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
+        if not torch.cuda.is_available() or not tensors or not all(v.is_cuda for v in tensors):
             with torch.no_grad():
                 return self.model(*args, **kwargs)
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError("cuda_graphs: the wrapped model is already being captured by an outer CUDA graph")
-        key = _signature(args, kwargs)
+        key = _signature(leaves, spec)
         cap = self._graphs.get(key)
         if cap is None:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             while len(self._graphs) >= self.max_graphs:
                 self._graphs.popitem(last=False)
-            cap = self._graphs[key] = _Captured(self.model, args, kwargs, self._pool)
+            cap = self._graphs[key] = _Captured(self.model, leaves, spec, self._pool)
         self._graphs.move_to_end(key)
-        return cap(args, kwargs)
+        return cap(leaves)
 
     def reset(self) -> None:
         """Drop every captured graph (e.g. after changing the model's weights in place)."""
