@@ -26,13 +26,16 @@ from pathlib import Path
 import numpy as np
 
 def _shapes() -> tuple[int, int, int, int, int]:
-    """``(tokens, width, ffn, heads, head_dim)`` of the shipped model on an 8 x 32 x 32 LQ tile."""
+    """``(tokens, width, ffn, heads, head_dim)`` of the shipped model on the evaluation tile (``lsgq eval``'s
+    frames x TILE x TILE LQ pixels; the latent map is as large as the LQ tile: x4 bicubic, then 4x4
+    space-to-depth), patched by the model's patch size (time padded to whole patches, as the model does)."""
+    from lsgq_compiler.vsr.evaluate import DEFAULT_FRAMES, TILE
     from lsgq_compiler.vsr.models import tiny_vsr_config
 
     t = tiny_vsr_config()["transformer"]
     pt, ph, pw = t["patch_size"]
     heads, hd = t["num_attention_heads"], t["attention_head_dim"]
-    return (8 // pt) * (32 // ph) * (32 // pw), heads * hd, t["ffn_dim"], heads, hd
+    return -(-DEFAULT_FRAMES // pt) * (TILE // ph) * (TILE // pw), heads * hd, t["ffn_dim"], heads, hd
 
 
 TOKENS, WIDTH, FFN, HEADS, HEAD_DIM = _shapes()

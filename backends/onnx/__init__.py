@@ -7,18 +7,23 @@ implementation (so the lowered torch model runs the export's semantics) and an O
 translation (``custom_translation_table`` of ``torch.onnx.export(dynamo=True)``):
 
 - **W8A8, per tensor** (default ``act="tensor"``): ``DynamicQuantizeLinear`` (uint8, per
-  tensor) -> ``MatMulInteger`` with int8 symmetric per-channel weights; ORT fuses it into
+  tensor) -> ``MatMulInteger`` with symmetric per-channel 8-bit weights; ORT fuses it into
   ``DynamicQuantizeMatMul``. Fastest; per-tensor activations deviate from a per-token plan.
 - **W8A8, per token** (``act="token"``): the plan's own dynamic activation quantizer (per
   token, asymmetric or symmetric) written as ONNX arithmetic, giving uint8 codes, and the
-  plan's own weight codes shifted into int8 with a per-column zero point: ``MatMulInteger``
+  plan's own weight codes as uint8 with a per-column zero point: ``MatMulInteger``
   (integer GEMM) plus an exact zero-point correction. The torch fake-quant model's numbers,
   but ORT runs the quantization and the per-token epilogue as separate elementwise ops
   (no fused kernel, and ``MatMulInteger`` takes no per-row zero point), which costs more
   than the int8 GEMM saves at DOVE-like widths on CPU.
 - **W8A8, static** (``act="static"``): QDQ with calibrated uint8 per-tensor input and
-  output, int8 per-channel weights and an int32 bias (scale ``s_x s_w``): ORT fuses
+  output, 8-bit per-channel weights and an int32 bias (scale ``s_x s_w``): ORT fuses
   ``DQ -> MatMul -> Add -> Q`` into ``QGemm``.
+
+8-bit weights are always stored as **uint8** (symmetric codes + 128, zero point 128), never int8:
+onnxruntime's x86 integer GEMMs multiply uint8 x int8 with int16 saturation on CPUs without VNNI
+(AVX2 and older; measured 21-24 dB against the torch model on an AVX-only host), while uint8 x
+uint8 takes the exact widening path on every x86 CPU; the values are the same.
 - **4-bit weights** (W4A16, W4A8): ``DequantizeLinear`` of packed uint4 weights, blocked on
   axis 0 (opset 21), feeding ``MatMul``: ORT fuses it into ``MatMulNBits`` when the block is
   a power of two >= 16 (``w4_block`` requantizes per-row weights into such blocks).

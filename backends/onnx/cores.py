@@ -16,10 +16,18 @@ def _bias(layer: QuantLinear) -> torch.Tensor:
     return layer.bias.detach().float().clone() if layer.bias is not None else torch.zeros(layer.out_features)
 
 
-def _int8_rows(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output channel: ``(w_q (K, N) int8, w_scale (N,))``."""
+#: 8-bit weight codes are stored as uint8 with this zero point (symmetric int8 codes + 128): onnxruntime's
+#: x86 kernels multiply uint8 x int8 pairwise into int16 with saturation on CPUs without VNNI (AVX2 and
+#: older), which wrecks results there (measured 21-24 dB against the torch model on an AVX-only host);
+#: uint8 x uint8 runs the exact widening path on every x86 CPU, and the values are the same
+WEIGHT_ZERO = 128
+
+
+def _uint8_rows(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 8-bit per output channel, stored offset: ``(w_q (K, N) uint8 = int8 code + 128, w_scale (N,))``
+    (zero point :data:`WEIGHT_ZERO`)."""
     q, scale, _ = quantize_to_int(layer.weight.detach().float(), 8, True, "row")
-    return q.t().contiguous(), scale.reshape(-1)
+    return (q.to(torch.int16) + WEIGHT_ZERO).to(torch.uint8).t().contiguous(), scale.reshape(-1)
 
 
 class TokenInt8Core(nn.Module):
@@ -30,12 +38,12 @@ class TokenInt8Core(nn.Module):
         s, w = layer.spec, layer.weight.detach().float()
         if s.weight_bits:
             q, scale, zero = quantize_to_int(w, s.weight_bits, s.weight_symmetric, "row")
-            shift = 0 if s.weight_symmetric else 128  # asymmetric codes [0, 2^b - 1] -> int8
-            w8, wz = q.to(torch.int16) - shift, zero.reshape(-1) - shift
+            shift = WEIGHT_ZERO if s.weight_symmetric else 0  # symmetric codes [-2^(b-1), 2^(b-1)) -> uint8
+            w8, wz = q.to(torch.int16) + shift, zero.reshape(-1).to(torch.int16) + shift
         else:
             raise ValueError(f"{s.module_path}: TokenInt8Core needs quantized weights")
-        self.register_buffer("w8", w8.to(torch.int8).t().contiguous())
-        self.register_buffer("w_zero", wz.to(torch.int8))
+        self.register_buffer("w8", w8.to(torch.uint8).t().contiguous())
+        self.register_buffer("w_zero", wz.to(torch.uint8))
         self.register_buffer("w_colsum", (w8.float() - wz[:, None]).sum(1))
         self.register_buffer("w_scale", scale.reshape(-1).float())
         self.register_buffer("bias", _bias(layer))
@@ -48,13 +56,14 @@ class TokenInt8Core(nn.Module):
 class DynamicInt8Core(nn.Module):
     def __init__(self, layer: QuantLinear) -> None:
         super().__init__()
-        w_q, w_scale = _int8_rows(layer)
+        w_q, w_scale = _uint8_rows(layer)
         self.register_buffer("w_q", w_q)
+        self.register_buffer("w_zero", torch.tensor(WEIGHT_ZERO, dtype=torch.uint8))
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("bias", _bias(layer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_dynamic_linear(x, self.w_q, self.w_scale, self.bias)
+        return int8_dynamic_linear(x, self.w_q, self.w_zero, self.w_scale, self.bias)
 
 
 class StaticInt8Core(nn.Module):
@@ -62,7 +71,7 @@ class StaticInt8Core(nn.Module):
 
     def __init__(self, layer: QuantLinear) -> None:
         super().__init__()
-        w_q, w_scale = _int8_rows(layer)
+        w_q, w_scale = _uint8_rows(layer)
         self.register_buffer("w_q", w_q)
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("bias", _bias(layer))
@@ -72,7 +81,7 @@ class StaticInt8Core(nn.Module):
             self.register_buffer(name, torch.zeros((), dtype=torch.uint8))
         self.register_buffer("bias_q", torch.zeros(layer.out_features, dtype=torch.int32))
         self.register_buffer("bias_scale", torch.ones(layer.out_features))
-        self.register_buffer("w_zero", torch.zeros(layer.out_features, dtype=torch.int8))
+        self.register_buffer("w_zero", torch.full((layer.out_features,), WEIGHT_ZERO, dtype=torch.uint8))
         self.register_buffer("bias_zero", torch.zeros(layer.out_features, dtype=torch.int32))
         self.ranges: dict[str, list[float]] | None = None
 
@@ -94,7 +103,7 @@ class StaticInt8Core(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ranges is not None:
-            y = x @ (self.w_q.float() * self.w_scale) + self.bias
+            y = x @ ((self.w_q.float() - self.w_zero.float()) * self.w_scale) + self.bias
             for key, t in (("x", x), ("y", y)):
                 r = self.ranges[key]
                 r[0], r[1] = min(r[0], t.min().item()), max(r[1], t.max().item())

@@ -62,11 +62,11 @@ def lower_onnx(qm: QuantizedModel, act: str = "tensor", w4_block: int | None = 1
         plain_act = mode in ("dynamic", "static") and s.act_granularity in ("token", "tensor")
         if (w == 8 and a == 8 and act == "token" and mode == "dynamic" and s.act_granularity == "token"
                 and s.weight_granularity == "row"):
-            return TokenInt8Core(layer), _info("MatMulInteger (uint8 x int8, per-token codes)", True,
+            return TokenInt8Core(layer), _info("MatMulInteger (uint8 x uint8, per-token codes)", True,
                                                "the plan's quantizers exactly: per-token activations, per-row weights")
         if w == 8 and a == 8 and plain_act:
             note = "activations uint8 per tensor" + (" (plan: per token)" if s.act_granularity == "token" else "")
-            note += "; weights int8 symmetric per channel"
+            note += "; weights int8 symmetric per channel (stored uint8 + 128)"
             if act in ("token", "tensor"):
                 return DynamicInt8Core(layer), _info("DynamicQuantizeLinear + MatMulInteger (DynamicQuantizeMatMul)",
                                                      True, note)

@@ -10,24 +10,26 @@ import torch
 
 
 @torch.library.custom_op("lsgq_onnx::int8_dynamic_linear", mutates_args=())
-def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``DynamicQuantizeLinear(x) -> MatMulInteger(., w_q) * s_x s_w + bias``; ``w_q: (K, N) int8``."""
+def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_zero: torch.Tensor, w_scale: torch.Tensor,
+                        bias: torch.Tensor) -> torch.Tensor:
+    """``DynamicQuantizeLinear(x) -> MatMulInteger(., w_q, z_x, w_zero) * s_x s_w + bias``; ``w_q: (K, N)`` uint8
+    (symmetric int8 codes + ``w_zero`` = 128, a scalar: uint8 x uint8, exact on every x86 kernel)."""
     xq, s, z = _dynamic_codes(x)
-    return ((xq - z) @ w_q.float()) * (s * w_scale) + bias
+    return ((xq - z) @ (w_q.float() - w_zero.float())) * (s * w_scale) + bias
 
 
 @int8_dynamic_linear.register_fake
-def _(x, w_q, w_scale, bias):
+def _(x, w_q, w_zero, w_scale, bias):
     return x.new_empty(*x.shape[:-1], w_q.shape[1])
 
 
 @torch.library.custom_op("lsgq_onnx::int8_token_linear", mutates_args=())
 def int8_token_linear(x: torch.Tensor, w8: torch.Tensor, w_zero: torch.Tensor, w_colsum: torch.Tensor,
                       w_scale: torch.Tensor, bias: torch.Tensor, act_symmetric: bool) -> torch.Tensor:
-    """Per-token dynamic 8-bit activations (the fake quantizer's formula), int8 weight codes.
+    """Per-token dynamic 8-bit activations (the fake quantizer's formula), 8-bit weight codes.
 
-    ``w8: (K, N)`` int8 with per-column zero point ``w_zero: (N,)`` (the plan's codes shifted by
-    -128 when asymmetric), ``w_colsum[n] = sum_k (w8 - w_zero)[k, n]``. With ``u`` the uint8
+    ``w8: (K, N)`` uint8 with per-column zero point ``w_zero: (N,)`` uint8 (the plan's codes, shifted by
+    +128 when symmetric), ``w_colsum[n] = sum_k (w8 - w_zero)[k, n]``. With ``u`` the uint8
     activation codes and ``zu`` their zero point: ``Y = (u (w8 - w_zero) - zu w_colsum) s w_scale + b``.
     """
     u, zu, s = _token_codes(x, act_symmetric)
@@ -56,13 +58,14 @@ def _(x, w8, w_zero, w_colsum, w_scale, bias, act_symmetric):
 def int8_static_linear(x: torch.Tensor, x_scale: torch.Tensor, x_zero: torch.Tensor, w_q: torch.Tensor,
                        w_scale: torch.Tensor, w_zero: torch.Tensor, bias_q: torch.Tensor, bias_scale: torch.Tensor,
                        bias_zero: torch.Tensor, y_scale: torch.Tensor, y_zero: torch.Tensor) -> torch.Tensor:
-    """QDQ linear, uint8 per-tensor input/output (static), int8 per-channel ``w_q: (K, N)``, int32 bias.
+    """QDQ linear, uint8 per-tensor input/output (static), 8-bit per-channel ``w_q: (K, N)`` uint8 with zero
+    points ``w_zero (N,)`` (symmetric codes + 128), int32 bias.
 
     ORT fuses the pattern into QGemm only with constant scales and explicit zero points, hence
     ``bias_scale = x_scale * w_scale`` and the (zero) ``w_zero``/``bias_zero`` as inputs."""
     xz, yz = x_zero.float(), y_zero.float()
     xq = torch.clamp(torch.round(x / x_scale) + xz, 0, 255)
-    y = ((xq - xz) @ w_q.float() + bias_q.float()) * bias_scale
+    y = ((xq - xz) @ (w_q.float() - w_zero.float()) + bias_q.float()) * bias_scale
     return (torch.clamp(torch.round(y / y_scale) + yz, 0, 255) - yz) * y_scale
 
 
@@ -182,9 +185,9 @@ def _translations() -> dict:
     from onnxscript import opset21 as op
     from onnxscript.values import Op, Opset
 
-    def int8_dynamic(x, w_q, w_scale, bias):
+    def int8_dynamic(x, w_q, w_zero, w_scale, bias):
         xq, s, z = op.DynamicQuantizeLinear(x)
-        acc = op.Cast(op.MatMulInteger(xq, w_q, z), to=TensorProto.FLOAT)
+        acc = op.Cast(op.MatMulInteger(xq, w_q, z, w_zero), to=TensorProto.FLOAT)
         return op.Add(op.Mul(acc, op.Mul(s, w_scale)), bias)
 
     def int8_token(x, w8, w_zero, w_colsum, w_scale, bias, act_symmetric: bool):

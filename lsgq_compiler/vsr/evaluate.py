@@ -34,7 +34,7 @@ from ..errors import user_error
 from ..plan import atomic_write_text
 
 DEFAULT_FRAMES = 8
-TILE = 32  # LQ pixels; the model's tokens per tile: frames * (TILE/2)^2
+TILE = 32  # LQ pixels; the model's tokens per tile: frames * TILE^2 / (patch volume), 4,096 for the shipped model
 
 
 @dataclass

@@ -80,6 +80,36 @@ def test_w4_weights_are_packed_in_the_file(mixed):
                    for n in model.graph.node)
 
 
+def test_8bit_weights_are_uint8_for_exact_integer_gemms(mixed):
+    """Every 8-bit weight feeding an integer GEMM (``MatMulInteger``) or a QDQ ``DequantizeLinear`` is stored
+    as uint8 with zero point 128, never int8: onnxruntime's uint8 x int8 x86 kernels saturate in int16 on
+    CPUs without VNNI (AVX2 and older), uint8 x uint8 is exact on all of them. Checked on the file and on
+    onnxruntime itself: uint8 x uint8 ``MatMulInteger`` over the full code range equals int64 arithmetic."""
+    import numpy as np
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    _, _, path, _ = mixed
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    fed = [i for n in model.graph.node if n.op_type == "MatMulInteger" for i in n.input[1:2]]
+    assert fed and all(inits[i].data_type == TensorProto.UINT8 for i in fed if i in inits)
+    assert not any(t.data_type == TensorProto.INT8 for t in model.graph.initializer)
+    rng = np.random.default_rng(0)
+    a, w = rng.integers(0, 256, (64, 256)).astype(np.uint8), rng.integers(0, 256, (256, 48)).astype(np.uint8)
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["A", "W", "za", "zw"], ["Y"])], "g",
+                          [helper.make_tensor_value_info("A", TensorProto.UINT8, [64, 256])],
+                          [helper.make_tensor_value_info("Y", TensorProto.INT32, [64, 48])],
+                          [nh.from_array(w, "W"), nh.from_array(np.array(128, np.uint8), "za"),
+                           nh.from_array(np.array(128, np.uint8), "zw")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    import onnxruntime as ort
+
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+    assert np.array_equal(y, (a.astype(np.int64) - 128) @ (w.astype(np.int64) - 128))
+
+
 def test_per_token_export_reproduces_the_torch_quantized_model(wan, tmp_path):
     m, inp = wan
     qm = compile_quantized(m, inp, QuantConfig(weight_bits=8, act_bits=8), calib_data=[inp], progress=False)
