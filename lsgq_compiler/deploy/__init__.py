@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["save_pretrained", "from_pretrained", "to_module_form", "compile_repeated_blocks", "cuda_graphs", "TARGETS"]
+__all__ = ["save_pretrained", "from_pretrained", "to_module_form", "compile_repeated_blocks", "cuda_graphs",
+           "share_prologues", "TARGETS"]
 
 from .graphs import cuda_graphs
 from .regional import compile_repeated_blocks
@@ -27,3 +28,9 @@ def to_module_form(qm: Any, model: Any = None):
     """See :func:`lsgq_compiler.deploy.module_form.to_module_form`."""
     from .module_form import to_module_form as build
     return build(qm, model)
+
+
+def share_prologues(model: Any) -> int:
+    """See :func:`lsgq_compiler.deploy.modules.share_prologues` (opt-in: measured no faster on the H200)."""
+    from .modules import share_prologues as share
+    return share(model)

@@ -231,7 +231,18 @@ def test_lsgq_attention_custom_op_runs_in_onnxruntime(wan, tmp_path):
     path = export_onnx(qm, tmp_path / "lsgq_attn.onnx", inp, attention_kernel="lsgq")
     assert uses_lsgq_ops(path) and op_counts(path).get("Int8Attention") == n_quantized
     opt = tmp_path / "lsgq_attn.opt.onnx"
-    y = _run(path, inp, optimized_path=opt, threads=2)
+    import warnings
+
+    from lsgq_compiler.backends.onnx.runtime import PortableAttentionWarning
+    from lsgq_compiler.kernels import cpu_attention
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = _run(path, inp, optimized_path=opt, threads=2)
+    # a CPU without AVX-512 VNNI runs the op's slow portable path: the session says so, and what to do
+    portable = [w for w in caught if issubclass(w.category, PortableAttentionWarning)]
+    assert bool(portable) == (not cpu_attention.fast_path())
+    assert all("attention_kernel='ort'" in str(w.message) for w in portable)
     assert op_counts(opt).get("Int8Attention") == n_quantized  # ORT keeps the node: our kernel runs
     lowered = lower_onnx(qm, act="tensor", attention_kernel="lsgq")
     with torch.no_grad():
