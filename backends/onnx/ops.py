@@ -62,7 +62,7 @@ def int8_static_linear(x: torch.Tensor, x_scale: torch.Tensor, x_zero: torch.Ten
     points ``w_zero (N,)`` (symmetric codes + 128), int32 bias.
 
     ORT fuses the pattern into QGemm only with constant scales and explicit zero points, hence
-    ``bias_scale = x_scale * w_scale`` and the (zero) ``w_zero``/``bias_zero`` as inputs."""
+    ``bias_scale = x_scale * w_scale`` and ``w_zero`` (128) / ``bias_zero`` (0) as inputs."""
     xz, yz = x_zero.float(), y_zero.float()
     xq = torch.clamp(torch.round(x / x_scale) + xz, 0, 255)
     y = ((xq - xz) @ (w_q.float() - w_zero.float()) + bias_q.float()) * bias_scale

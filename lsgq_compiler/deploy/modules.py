@@ -332,7 +332,7 @@ class DeployLinear(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """This layer alone (:meth:`forward` without the shared prologue)."""
         fused = x.is_cuda and self.kind in ("int4r_fp8", "fp8_row")
-        if fused and (self.lr_down is None or self.cfg.get("lowrank_in_gemm")):
+        if x.is_cuda and self._fused_kernel():
             return _cuda_gemm(self, x, act=self.input_act)  # activation, smoothing, rotation, low-rank in the op
         if self.input_act:
             from lsgq_compiler.kernels.fp8_prologue import apply_act
